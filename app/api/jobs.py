@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request
+
+from app.api.deps import ProjectDep, SessionDep, SettingsDep
+from app.schemas.common import ListPage, page_of
+from app.schemas.jobs import EventObject, JobCreate, JobObject
+from app.services import jobs as service
+
+router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
+_METADATA_PARAM = re.compile(r"^metadata\[(.+)\]$")
+
+
+@router.post("", response_model=JobObject)
+def create_job(body: JobCreate, session: SessionDep, settings: SettingsDep, project: ProjectDep,
+               idempotency_key: Annotated[str | None, Header()] = None) -> JobObject:
+    job, created = service.create_job(session, settings, project, body, idempotency_key)
+    if created:
+        session.commit()  # enqueue strictly after the row is durable
+        service.enqueue(settings, job.id)
+    return JobObject.of(job)
+
+
+@router.get("", response_model=ListPage[JobObject])
+def list_jobs(request: Request, session: SessionDep, project: ProjectDep, after: str | None = None,
+              limit: Annotated[int, Query(ge=1, le=100)] = 20, status: str | None = None):
+    metadata = {m.group(1): v for k, v in request.query_params.items() if (m := _METADATA_PARAM.match(k))}
+    page = page_of(service.list_jobs(session, project, after, limit, status, metadata), limit)
+    page["data"] = [JobObject.of(j) for j in page["data"]]
+    return page
+
+
+@router.get("/{job_id}", response_model=JobObject)
+def get_job(job_id: str, session: SessionDep, project: ProjectDep) -> JobObject:
+    return JobObject.of(service.get_job(session, project, job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=JobObject)
+def cancel_job(job_id: str, session: SessionDep, project: ProjectDep) -> JobObject:
+    return JobObject.of(service.cancel_job(session, project, job_id))
+
+
+@router.get("/{job_id}/events", response_model=ListPage[EventObject])
+def list_events(job_id: str, session: SessionDep, project: ProjectDep, after: str | None = None,
+                limit: Annotated[int, Query(ge=1, le=1000)] = 20):
+    job = service.get_job(session, project, job_id)
+    page = page_of(service.list_events(session, job, after, limit), limit)
+    page["data"] = [EventObject.model_validate(e, from_attributes=True) for e in page["data"]]
+    return page

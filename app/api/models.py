@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict
+
+from app.api.deps import ProjectDep, SessionDep, SettingsDep, StorageDep
+from app.errors import bad_request
+from app.ml.inference import predict
+from app.ml.tasks import FieldProblem
+from app.services import models as service
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")  # the HF wire format also carries "options"
+    inputs: Any
+    parameters: dict[str, Any] = {}
+
+
+@router.get("")
+def list_models(session: SessionDep, settings: SettingsDep, project: ProjectDep) -> dict[str, Any]:
+    return {"object": "list", "data": service.list_models(session, settings, project)}
+
+
+# The predict route comes first: model ids contain '/' and ':', so the generic routes would swallow it.
+@router.post("/{model_id:path}/predict")
+async def predict_route(model_id: str, body: PredictRequest, request: Request, session: SessionDep,
+                        settings: SettingsDep, storage: StorageDep, project: ProjectDep) -> Any:
+    tuned = service.require_fine_tuned(session, settings, project, model_id)
+    inputs = body.inputs if isinstance(body.inputs, list) else [body.inputs]
+    if not inputs:
+        raise bad_request("'inputs' is empty; send a text or a list of texts.", "inputs")
+    if len(inputs) > settings.predict_max_inputs:
+        raise bad_request(f"At most {settings.predict_max_inputs} inputs per request (got {len(inputs)}).", "inputs")
+    cache = request.app.state.model_cache
+    try:
+        loaded = await run_in_threadpool(cache.get, tuned.id, tuned.task, storage.local_path(tuned.storage_key))
+        return await run_in_threadpool(predict, loaded, inputs, body.parameters, settings.predict_batch_size)
+    except FieldProblem as problem:
+        raise bad_request(problem.message, problem.param) from None
+
+
+@router.get("/{model_id:path}")
+def get_model(model_id: str, session: SessionDep, settings: SettingsDep, project: ProjectDep) -> dict[str, Any]:
+    return service.get_model(session, settings, project, model_id)
+
+
+@router.delete("/{model_id:path}")
+def delete_model(model_id: str, request: Request, session: SessionDep, settings: SettingsDep, storage: StorageDep,
+                 project: ProjectDep) -> dict[str, Any]:
+    tuned = service.delete_model(session, settings, project, model_id)
+    session.commit()
+    request.app.state.model_cache.drop(model_id)
+    storage.delete(tuned.storage_key)
+    return {"id": model_id, "object": "model", "deleted": True}

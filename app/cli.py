@@ -1,0 +1,109 @@
+"""`finetune` — run the service.
+
+  finetune serve     embedded default: migrations, API and one worker together; Ctrl-C stops both
+  finetune api       the API alone (production: run `finetune migrate` first)
+  finetune worker    one Celery worker on the GPU queue
+  finetune migrate   apply database migrations
+  finetune create-key --project NAME   print a new API key for a project
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import typer
+
+from app.config import get_settings
+
+cli = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+
+def _prepare() -> None:
+    from app.db.engine import session_scope
+    from app.db.migrate import upgrade
+    from app.services.projects import add_key, any_key_exists, get_or_create_project
+
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.resolved_database_url)
+    with session_scope() as session:
+        if settings.bootstrap_api_key:
+            add_key(session, get_or_create_project(session, "default"), settings.bootstrap_api_key, "bootstrap")
+        elif not any_key_exists(session):
+            key = add_key(session, get_or_create_project(session, "default"), name="first start")
+            key_file = settings.data_dir / "api_key"
+            key_file.write_text(key + "\n")
+            key_file.chmod(0o600)
+            typer.echo(f"Created an API key for project 'default'; it is in {key_file}.")
+
+
+def _worker_command(concurrency: int) -> list[str]:
+    settings = get_settings()
+    return [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", settings.gpu_queue,
+            "--concurrency", str(concurrency), "--loglevel", "INFO", "-n", f"gpu-worker-{os.getpid()}@%h"]
+
+
+@cli.command()
+def serve(host: str = typer.Option(None), port: int = typer.Option(None), worker: bool = True) -> None:
+    """Embedded default: API and one worker, started and stopped together."""
+    import uvicorn
+
+    settings = get_settings()
+    _prepare()
+    child = subprocess.Popen(_worker_command(1)) if worker else None
+    try:
+        uvicorn.run("app.main:create_app", factory=True, host=host or settings.api_host,
+                    port=port or settings.api_port)
+    finally:
+        if child and child.poll() is None:
+            child.send_signal(signal.SIGTERM)  # warm shutdown: a running job's message goes back to the queue
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+@cli.command()
+def api(host: str = typer.Option(None), port: int = typer.Option(None), workers: int = 1) -> None:
+    """The API alone."""
+    import uvicorn
+
+    settings = get_settings()
+    _prepare()
+    uvicorn.run("app.main:create_app", factory=True, host=host or settings.api_host,
+                port=port or settings.api_port, workers=workers)
+
+
+@cli.command()
+def worker(concurrency: int = 1) -> None:
+    """One Celery worker consuming the GPU queue (one per GPU)."""
+    os.execv(sys.executable, _worker_command(concurrency))
+
+
+@cli.command()
+def migrate() -> None:
+    """Apply database migrations (and create the bootstrap key, if one is configured)."""
+    _prepare()
+    typer.echo("Database is up to date.")
+
+
+@cli.command("create-key")
+def create_key(project: str = typer.Option("default", help="Project (tenant) the key belongs to.")) -> None:
+    """Print a new API key for PROJECT (created if new). It is shown only once."""
+    from app.db.engine import session_scope
+    from app.services.projects import add_key, get_or_create_project
+
+    _prepare()
+    with session_scope() as session:
+        typer.echo(add_key(session, get_or_create_project(session, project), name="cli"))
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""One Settings object for the API, the worker and the CLI.
+
+Every value comes from the environment with the ``FT_`` prefix (or a ``.env`` file), so the embedded
+default and a production deployment differ only in environment variables, never in code.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FT_", env_file=".env", extra="ignore")
+
+    # Where the embedded deployment keeps its SQLite database, broker, uploaded files and models.
+    data_dir: Path = Path("data")
+
+    # Empty means "embedded default inside data_dir": SQLite database, SQLite-backed Celery broker.
+    database_url: str = ""
+    broker_url: str = ""
+    storage_dir: Path | None = None
+
+    # Base models on offer: every sub-folder (one or two levels deep, e.g. ``org/name``) holding a
+    # config.json and safetensors weights. The bundled MiniLM is added unless disabled.
+    base_models_dir: Path | None = None
+    bundled_models: bool = True
+
+    # A key created (hashed) on first start for the project ``default``, so scripts know a valid key.
+    bootstrap_api_key: str = ""
+
+    max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    preview_max_rows: int = 100
+
+    # Celery queue that GPU workers consume; the API only ever enqueues job ids onto it.
+    gpu_queue: str = "gpu"
+
+    # Inference: how many fine-tuned models stay loaded, and the batch size used for a list of inputs.
+    model_cache_size: int = 4
+    predict_batch_size: int = 64
+    predict_max_inputs: int = 1024
+
+    # How often the training callback writes progress to SQL (seconds).
+    progress_interval_s: float = 2.0
+    # A running job's lease; the worker renews it while it is alive.
+    lease_seconds: int = 120
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'finetune.sqlite').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{(self.data_dir / 'broker.sqlite').resolve()}"
+
+    @property
+    def resolved_storage_dir(self) -> Path:
+        return (self.storage_dir or self.data_dir / "storage").resolve()
+
+    @property
+    def resolved_base_models_dir(self) -> Path:
+        return (self.base_models_dir or self.data_dir / "base_models").resolve()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,33 @@
+"""create_app(): the API process. Heavy work (training) never runs here; inference runs in threads."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.api import files, health, jobs, models
+from app.api.upload_limit import UploadLimit
+from app.config import Settings, get_settings
+from app.errors import install_error_handlers
+from app.ml.inference import ModelCache
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.model_cache = ModelCache(settings.model_cache_size)
+        yield
+
+    app = FastAPI(title="Fine-tuning service", version="0.1.0", lifespan=lifespan,
+                  description="Fine-tune Hugging Face models on demand. OpenAI fine-tuning API + HF Inference API.")
+    app.state.model_cache = ModelCache(settings.model_cache_size)
+    install_error_handlers(app)
+    app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
+    for module in (health, files, jobs, models):
+        app.include_router(module.router)
+    logging.getLogger("app").setLevel(logging.INFO)
+    return app

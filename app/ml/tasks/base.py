@@ -1,0 +1,118 @@
+"""What a task is. Each task module answers, in one place, every task-specific question that the API
+(detect, validate), the worker (rows → tensors, model class, metrics) and inference (outputs → the
+Hugging Face wire format) ask. Nothing task-specific is written anywhere else."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+TEXT_NAMES = ("text", "sentence", "content", "review", "document", "input", "question", "sentence1", "premise")
+PAIR_NAMES = ("text_pair", "sentence2", "hypothesis")
+LABEL_NAMES = ("label", "labels", "target", "score", "class", "category", "y")
+
+
+@dataclass
+class FieldProblem(Exception):
+    """A request field (``param``) that cannot work with the files, and what to change."""
+
+    param: str
+    message: str
+
+
+class Task(ABC):
+    name: str
+    # role → required; a column mapping gives each role a column of the file.
+    roles: dict[str, bool]
+
+    @abstractmethod
+    def detect(self, profile: dict[str, Any]) -> dict[str, str] | None:
+        """The column mapping under which a file with this profile is this task, or None."""
+
+    @abstractmethod
+    def plan(self, mapping: dict[str, str], train: dict[str, Any], valid: dict[str, Any] | None) -> dict[str, Any]:
+        """Check the files against the mapping (raising FieldProblem) and return what training needs
+        to know about them (label names, target scaling), stored on the job."""
+
+    @abstractmethod
+    def row(self, record: dict[str, Any], mapping: dict[str, str], plan: dict[str, Any]) -> dict[str, Any]:
+        """One file record → the task's canonical columns (``text``, ``text_pair``, ``labels``)."""
+
+    @abstractmethod
+    def tokenize(self, batch: dict[str, list], tokenizer, plan: dict[str, Any], max_length: int) -> dict[str, list]:
+        """A batch of canonical rows → model inputs (no padding: the collator pads per batch)."""
+
+    @abstractmethod
+    def load_model(self, path: str, plan: dict[str, Any]):
+        """The base model with this task's head, configured from the plan."""
+
+    @abstractmethod
+    def load_trained(self, path: str):
+        """A model this service fine-tuned for this task, ready for inference."""
+
+    @abstractmethod
+    def metrics(self, predictions, labels, plan: dict[str, Any]) -> dict[str, float]:
+        """Evaluation metrics from the model's raw outputs and the reference labels."""
+
+    @abstractmethod
+    def predict(self, model, tokenizer, inputs: list[Any], parameters: dict[str, Any]) -> list[Any]:
+        """Run the model on a batch of wire-format inputs; return one wire-format output each."""
+
+    # Shared helpers ------------------------------------------------------------------------------
+
+    def text_input(self, item: Any, param: str = "inputs") -> tuple[str, str | None]:
+        """Wire input → (text, text_pair). Accepts a string or ``{"text", "text_pair"}``."""
+        if isinstance(item, str):
+            return item, None
+        if isinstance(item, dict) and isinstance(item.get("text"), str):
+            pair = item.get("text_pair")
+            if pair is not None and not isinstance(pair, str):
+                raise FieldProblem(param, "'text_pair' must be a string.")
+            return item["text"], pair
+        raise FieldProblem(param, "Each input must be a string or an object {\"text\": …, \"text_pair\": …}.")
+
+
+def find_column(profile: dict[str, Any], names: tuple[str, ...], kind: str | None = None) -> str | None:
+    lowered = {c.lower(): c for c in profile}
+    for name in names:
+        column = lowered.get(name)
+        if column and (kind is None or dominant_kind(profile[column]) == kind):
+            return column
+    return None
+
+
+def dominant_kind(stats: dict[str, Any]) -> str | None:
+    kinds = stats.get("kinds") or {}
+    if not kinds:
+        return None
+    numeric = kinds.get("int", 0) + kinds.get("float", 0)
+    top = max(kinds, key=kinds.get)
+    return "number" if numeric >= kinds[top] else top
+
+
+def require_column(profile: dict[str, Any], column: str, param: str, file_param: str) -> dict[str, Any]:
+    if column not in profile:
+        raise FieldProblem(param, f"Column '{column}' is not in {file_param}; its columns are: "
+                                  f"{', '.join(profile) or 'none'}. Set {param} to one of them.")
+    return profile[column]
+
+
+def require_no_missing(stats: dict[str, Any], column: str, param: str, file_param: str) -> None:
+    if stats["nulls"]:
+        lines = ", ".join(map(str, stats["null_lines"][:10]))
+        raise FieldProblem(param, f"Column '{column}' of {file_param} has {stats['nulls']} missing value(s) "
+                                  f"(lines {lines}). Fill or remove those rows.")
+
+
+def require_text(profile: dict[str, Any], column: str, param: str, file_param: str) -> None:
+    stats = require_column(profile, column, param, file_param)
+    require_no_missing(stats, column, param, file_param)
+    kinds = stats.get("kinds") or {}
+    other = {k: v for k, v in kinds.items() if k != "str"}
+    if other and kinds.get("str", 0) == 0:
+        raise FieldProblem(param, f"Column '{column}' of {file_param} holds {', '.join(other)} values, not text. "
+                                  f"Map {param} to a text column.")
+    if {"list", "dict"} & set(kinds):
+        bad = min(stats["kind_lines"].get(k, 10**12) for k in ("list", "dict"))
+        raise FieldProblem(param, f"Column '{column}' of {file_param} has a non-text value on line {bad}.")

@@ -1,0 +1,96 @@
+"""Single-label text classification: labels given as text or integers, any number of classes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.data.scan import value_key
+from app.ml.tasks.base import LABEL_NAMES, FieldProblem, dominant_kind, find_column, require_no_missing
+from app.ml.tasks.sequence import SequenceTask
+
+MAX_CLASSES = 1000
+
+
+def _sorted_labels(keys: list[str]) -> list[str]:
+    # Integer labels keep their numeric order (so label 10 follows 9); text labels sort alphabetically.
+    try:
+        return sorted(keys, key=lambda k: float(k))
+    except ValueError:
+        return sorted(keys)
+
+
+class TextClassification(SequenceTask):
+    name = "text-classification"
+
+    def detect(self, profile):
+        mapping = self.detect_text_columns(profile)
+        label = find_column(profile, LABEL_NAMES)
+        if not mapping or not label:
+            return None
+        stats = profile[label]
+        kind = dominant_kind(stats)
+        if kind == "str" or kind == "bool" or (kind == "number" and stats["all_integer"] and stats["distinct"]):
+            return {**mapping, "label": label}
+        return None
+
+    def plan(self, mapping, train, valid):
+        self.mapping_param_missing(mapping)
+        self.check_inputs(mapping, train, "training_file")
+        column = mapping["label"]
+        stats = train[column]
+        require_no_missing(stats, column, "column_mapping.label", "training_file")
+        kinds = stats.get("kinds") or {}
+        if {"list", "dict"} & set(kinds):
+            raise FieldProblem("column_mapping.label", f"Column '{column}' holds lists or objects; single-label "
+                                                       "classification needs one label per row.")
+        if kinds.get("float") and not stats["all_integer"]:
+            line = stats["kind_lines"].get("float")
+            raise FieldProblem("column_mapping.label", f"Column '{column}' has fractional numbers (line {line}); "
+                                                       "use task 'text-regression' to predict a number.")
+        if stats["distinct"] is None:
+            raise FieldProblem("column_mapping.label", f"Column '{column}' has more than {MAX_CLASSES} distinct "
+                                                       "labels; is it the right column?")
+        labels = _sorted_labels(list(stats["distinct"]))
+        if len(labels) < 2:
+            raise FieldProblem("column_mapping.label", f"Column '{column}' has only one class ({labels[0]!r}); "
+                                                       "classification needs examples of at least two classes.")
+        if valid is not None:
+            self.check_inputs(mapping, valid, "validation_file")
+            require_no_missing(valid[column], column, "column_mapping.label", "validation_file")
+            unknown = sorted(set(valid[column]["distinct"] or {}) - set(labels))
+            if unknown:
+                raise FieldProblem("validation_file", f"validation_file has labels the training file lacks: "
+                                                      f"{', '.join(unknown[:10])}. Every class must be trained on.")
+        return {"labels": labels, "label_counts": {k: stats["distinct"][k] for k in labels}}
+
+    def row(self, record, mapping, plan):
+        index = {label: i for i, label in enumerate(plan["labels"])}
+        return {**self.row_inputs(record, mapping), "labels": index[value_key(record[mapping["label"]])]}
+
+    def load_model(self, path, plan):
+        from transformers import AutoModelForSequenceClassification
+
+        labels = plan["labels"]
+        return AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=len(labels), id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)}, problem_type="single_label_classification",
+            use_safetensors=True, trust_remote_code=False,
+        )
+
+    def metrics(self, predictions, labels, plan):
+        import numpy as np
+        from sklearn.metrics import accuracy_score, f1_score
+
+        predicted = np.asarray(predictions).argmax(-1)
+        return {"accuracy": float(accuracy_score(labels, predicted)),
+                "f1_macro": float(f1_score(labels, predicted, average="macro", zero_division=0))}
+
+    def predict(self, model, tokenizer, inputs, parameters):
+        probabilities = self.forward(model, tokenizer, inputs, parameters).softmax(-1)
+        top_k = parameters.get("top_k")
+        id2label = model.config.id2label
+        outputs = []
+        for row in probabilities.tolist():
+            ranked = sorted(((id2label[i], p) for i, p in enumerate(row)), key=lambda x: -x[1])
+            outputs.append([{"label": label, "score": score} for label, score in ranked[: top_k or None]])
+        return outputs

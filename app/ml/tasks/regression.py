@@ -1,0 +1,82 @@
+"""Text regression: one number per text. Targets are standardised for training (a loss on raw
+targets in the hundreds diverges at the usual learning rates) and scaled back at prediction."""
+
+from __future__ import annotations
+
+import math
+
+from app.ml.tasks.base import LABEL_NAMES, FieldProblem, dominant_kind, find_column, require_no_missing
+from app.ml.tasks.sequence import SequenceTask
+
+
+class TextRegression(SequenceTask):
+    name = "text-regression"
+
+    def detect(self, profile):
+        mapping = self.detect_text_columns(profile)
+        label = find_column(profile, LABEL_NAMES)
+        if not mapping or not label:
+            return None
+        stats = profile[label]
+        if dominant_kind(stats) == "number" and (not stats["all_integer"] or stats["distinct"] is None):
+            return {**mapping, "label": label}
+        return None
+
+    def _numeric(self, profile, column, file_param):
+        stats = profile[column]
+        require_no_missing(stats, column, "column_mapping.label", file_param)
+        bad = {k: line for k, line in stats["kind_lines"].items() if k not in ("int", "float")}
+        if bad:
+            line = min(bad.values())
+            raise FieldProblem("column_mapping.label", f"Column '{column}' of {file_param} must hold numbers for "
+                                                       f"text-regression; line {line} has a {min(bad, key=bad.get)} value.")
+        return stats
+
+    def plan(self, mapping, train, valid):
+        self.mapping_param_missing(mapping)
+        self.check_inputs(mapping, train, "training_file")
+        stats = self._numeric(train, mapping["label"], "training_file")
+        if valid is not None:
+            self.check_inputs(mapping, valid, "validation_file")
+            self._numeric(valid, mapping["label"], "validation_file")
+        n = stats["non_null"]
+        mean = stats["sum"] / n
+        variance = max(stats["sumsq"] / n - mean * mean, 0.0)
+        if n < 2 or variance == 0.0:
+            raise FieldProblem("column_mapping.label", f"Column '{mapping['label']}' has the same value on every row; "
+                                                       "there is nothing to learn.")
+        return {"target_mean": mean, "target_std": math.sqrt(variance), "target_name": mapping["label"]}
+
+    def row(self, record, mapping, plan):
+        value = (float(record[mapping["label"]]) - plan["target_mean"]) / plan["target_std"]
+        return {**self.row_inputs(record, mapping), "labels": value}
+
+    def load_model(self, path, plan):
+        from transformers import AutoModelForSequenceClassification
+
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, problem_type="regression", use_safetensors=True, trust_remote_code=False)
+        # Saved in config.json, so inference can undo the scaling without the job at hand.
+        model.config.ft_target_mean = plan["target_mean"]
+        model.config.ft_target_std = plan["target_std"]
+        model.config.id2label = {0: plan["target_name"]}
+        model.config.label2id = {plan["target_name"]: 0}
+        return model
+
+    def metrics(self, predictions, labels, plan):
+        import numpy as np
+        from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+        scale, shift = plan["target_std"], plan["target_mean"]
+        predicted = np.asarray(predictions).reshape(-1) * scale + shift
+        truth = np.asarray(labels).reshape(-1) * scale + shift
+        return {"mse": float(mean_squared_error(truth, predicted)), "mae": float(mean_absolute_error(truth, predicted)),
+                "r2": float(r2_score(truth, predicted)) if len(truth) > 1 else 0.0}
+
+    def predict(self, model, tokenizer, inputs, parameters):
+        values = self.forward(model, tokenizer, inputs, parameters).reshape(-1)
+        mean = getattr(model.config, "ft_target_mean", 0.0)
+        std = getattr(model.config, "ft_target_std", 1.0)
+        name = model.config.id2label.get(0, "value")
+        # The text-classification shape, so Hugging Face clients parse it; "score" is the predicted value.
+        return [[{"label": name, "score": float(v) * std + mean}] for v in values.tolist()]

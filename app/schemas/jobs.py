@@ -1,0 +1,139 @@
+"""Request and response shapes of fine-tuning jobs (OpenAI fields plus this service's extensions)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.db.models import Job
+
+Auto = Literal["auto"]
+
+
+class Hyperparameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n_epochs: int | Auto | None = Field(default=None, description="Passes over the training file.")
+    batch_size: int | Auto | None = None
+    learning_rate_multiplier: float | Auto | None = None
+    learning_rate: float | Auto | None = None
+    warmup_ratio: float | Auto | None = None
+    weight_decay: float | Auto | None = None
+    gradient_accumulation_steps: int | Auto | None = None
+    max_seq_length: int | Auto | None = None
+    lr_scheduler: Literal["auto", "linear", "cosine", "constant", "constant_with_warmup", "polynomial",
+                          "cosine_with_restarts"] | None = None
+    precision: Literal["auto", "fp32", "bf16", "fp16"] | None = None
+
+    def checked(self) -> dict[str, Any]:
+        """Range checks that pydantic's types cannot express, each naming its field."""
+        from app.errors import bad_request
+
+        limits = {"n_epochs": (1, 100), "batch_size": (1, 4096), "learning_rate_multiplier": (1e-3, 100),
+                  "learning_rate": (1e-8, 1.0), "warmup_ratio": (0.0, 0.5), "weight_decay": (0.0, 1.0),
+                  "gradient_accumulation_steps": (1, 1024), "max_seq_length": (8, 32768)}
+        values = self.model_dump(exclude_none=True)
+        for key, (lo, hi) in limits.items():
+            value = values.get(key)
+            if value is not None and value != "auto" and not lo <= value <= hi:
+                raise bad_request(f"{key} must be between {lo} and {hi} (got {value}).",
+                                  f"method.supervised.hyperparameters.{key}")
+        return values
+
+
+class Supervised(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    hyperparameters: Hyperparameters = Hyperparameters()
+
+
+class Method(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["supervised", "dpo", "reinforcement"] = "supervised"
+    supervised: Supervised | None = None
+    dpo: dict[str, Any] | None = None
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1)
+    training_file: str = Field(min_length=1)
+    validation_file: str | None = None
+    suffix: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9._-]*$")
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    metadata: dict[str, str] | None = Field(default=None, max_length=16)
+    method: Method | None = None
+    # The legacy top-level form the OpenAI API still accepts.
+    hyperparameters: Hyperparameters | None = None
+    integrations: list[Any] | None = None
+    task: str = "auto"
+    column_mapping: dict[str, str] | None = None
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class Progress(BaseModel):
+    step: int = 0
+    total_steps: int | None = None
+    epoch: float = 0.0
+    percent: float = 0.0
+    eta_seconds: float | None = None
+    samples_per_second: float | None = None
+    tokens_per_second: float | None = None
+
+
+class JobObject(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    model: str
+    created_at: int
+    finished_at: int | None
+    status: str
+    error: JobError | None
+    fine_tuned_model: str | None
+    hyperparameters: dict[str, Any]
+    method: dict[str, Any]
+    organization_id: str
+    result_files: list[str]
+    seed: int
+    trained_tokens: int | None
+    training_file: str
+    validation_file: str | None
+    metadata: dict[str, str] | None
+    integrations: list[Any] = []
+    estimated_finish: int | None
+    user_provided_suffix: str | None
+    task: str
+    column_mapping: dict[str, str]
+    progress: Progress | None
+    metrics: dict[str, Any] | None
+    attempt: int
+
+    @classmethod
+    def of(cls, job: Job) -> "JobObject":
+        return cls(
+            id=job.id, model=job.model, created_at=job.created_at, finished_at=job.finished_at, status=job.status,
+            error=JobError(**job.error) if job.error else None, fine_tuned_model=job.fine_tuned_model,
+            hyperparameters=job.hyperparameters, method=job.method, organization_id=job.project_id,
+            result_files=job.result_files or [], seed=job.seed, trained_tokens=job.trained_tokens,
+            training_file=job.training_file, validation_file=job.validation_file, metadata=job.metadata_,
+            estimated_finish=job.estimated_finish, user_provided_suffix=job.suffix, task=job.task,
+            column_mapping=job.column_mapping, progress=Progress(**job.progress) if job.progress else None,
+            metrics=job.metrics, attempt=job.attempt,
+        )
+
+
+class EventObject(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    created_at: int
+    level: str
+    type: str
+    message: str
+    data: dict[str, Any] | None = None
+    seq: int

@@ -1,0 +1,205 @@
+"""Create, list and cancel fine-tuning jobs. Everything is checked against the files *before* a job
+exists, so nothing invalid ever reaches a worker; the job id is enqueued only after the row commits."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.db import transitions as st
+from app.db.events import append_event
+from app.db.models import File, Job, JobEvent, Project, now
+from app.errors import ApiError, bad_request, not_found
+from app.ids import new_id
+from app.ml import hyperparams
+from app.ml.base_models import list_base_models
+from app.ml.tasks import FieldProblem, get_task
+from app.schemas.jobs import JobCreate
+
+log = logging.getLogger(__name__)
+
+
+def _usable_file(session: Session, project: Project, file_id: str, param: str) -> File:
+    record = session.get(File, file_id)
+    if record is None or record.project_id != project.id:
+        raise bad_request(f"No file with id '{file_id}'. Upload it with POST /v1/files first.", param,
+                          code="file_not_found")
+    if record.status != "processed":
+        first = (record.validation.get("errors") or [{"message": "it could not be read"}])[0]
+        where = f" (line {first['line']})" if first.get("line") else ""
+        raise bad_request(f"{param} {file_id} has validation errors{where}: {first['message']} Fix the file and "
+                          "upload it again; GET /v1/files/{id} lists every problem.", param, code="invalid_file")
+    return record
+
+
+def _base_model(settings: Settings, model: str):
+    models = list_base_models(settings)
+    found = models.get(model)
+    if found is None:
+        offered = ", ".join(sorted(m for m, b in models.items() if b.usable)) or "none"
+        raise bad_request(f"Unknown base model '{model}'. This deployment offers: {offered}.", "model",
+                          code="model_not_found")
+    if not found.usable:
+        raise bad_request(f"Base model '{model}' cannot be fine-tuned: {found.problem}.", "model",
+                          code="model_not_supported")
+    return found
+
+
+def _model_max_positions(path) -> int | None:
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return config.get("max_position_embeddings") or config.get("n_positions")
+
+
+def _request_hash(body: JobCreate) -> str:
+    return hashlib.sha256(body.model_dump_json(exclude_none=True).encode()).hexdigest()
+
+
+def create_job(session: Session, settings: Settings, project: Project, body: JobCreate,
+               idempotency_key: str | None = None) -> tuple[Job, bool]:
+    """Returns (job, created). With an Idempotency-Key already used for the same body, the first job."""
+    request_hash = _request_hash(body)
+    if idempotency_key:
+        existing = session.scalar(select(Job).where(Job.project_id == project.id,
+                                                    Job.idempotency_key == idempotency_key))
+        if existing is not None:
+            if existing.request_hash != request_hash:
+                raise ApiError(409, "This Idempotency-Key was already used with a different request body.",
+                               param="Idempotency-Key", code="idempotency_key_reused")
+            return existing, False
+
+    method = body.method or _legacy_method(body)
+    if method.type != "supervised":
+        raise bad_request(f"method.type '{method.type}' is not supported yet; use 'supervised'.", "method.type",
+                          code="unsupported_method")
+    requested = (method.supervised.hyperparameters if method.supervised else None) or body.hyperparameters
+    requested_values = requested.checked() if requested else {}
+
+    base = _base_model(settings, body.model)
+    train = _usable_file(session, project, body.training_file, "training_file")
+    valid = _usable_file(session, project, body.validation_file, "validation_file") if body.validation_file else None
+
+    task_name, mapping = _task_and_mapping(body, train)
+    task = get_task(task_name)
+    try:
+        plan = task.plan(mapping, train.profile, valid.profile if valid else None)
+    except FieldProblem as problem:
+        raise bad_request(problem.message, problem.param) from None
+
+    text_stats = train.profile.get(mapping.get("text", ""), {})
+    resolved = hyperparams.resolve(requested_values, train.rows, _model_max_positions(base.path),
+                                   text_stats.get("text_chars_mean", 0.0))
+    job = Job(
+        id=new_id("ftjob"), project_id=project.id, model=body.model, task=task_name, training_file=train.id,
+        validation_file=valid.id if valid else None, suffix=body.suffix or None,
+        seed=body.seed if body.seed is not None else random.randint(0, 2**31 - 1), metadata_=body.metadata,
+        method={"type": "supervised", "supervised": {"hyperparameters": resolved}}, hyperparameters=resolved,
+        column_mapping=mapping, training_plan=plan, status=st.QUEUED, attempt=0, created_at=now(),
+        idempotency_key=idempotency_key, request_hash=request_hash,
+    )
+    session.add(job)
+    session.flush()
+    append_event(session, job.id, f"Validated training file: {train.rows} rows, task {task_name}, columns "
+                                  f"{json.dumps(mapping)}.", data={"rows": train.rows})
+    append_event(session, job.id, "Job queued.", data={"status": st.QUEUED})
+    return job, True
+
+
+def _legacy_method(body: JobCreate):
+    from app.schemas.jobs import Method, Supervised
+
+    return Method(type="supervised", supervised=Supervised(hyperparameters=body.hyperparameters or {}))
+
+
+def _task_and_mapping(body: JobCreate, train: File) -> tuple[str, dict[str, str]]:
+    if body.task == "auto":
+        if not train.detected_task:
+            raise bad_request("The task could not be detected from training_file's columns "
+                              f"({', '.join(train.columns)}). Set 'task' and 'column_mapping'.", "task",
+                              code="task_not_detected")
+        task_name = train.detected_task
+    else:
+        task_name = get_task_or_400(body.task).name
+    task = get_task(task_name)
+    detected = task.detect(train.profile) or {}
+    given = body.column_mapping or {}
+    for role in given:
+        if role not in task.roles:
+            raise bad_request(f"'{role}' is not a column role of {task_name}; its roles are: "
+                              f"{', '.join(task.roles)}.", f"column_mapping.{role}")
+    return task_name, {**detected, **given}
+
+
+def get_task_or_400(name: str):
+    try:
+        return get_task(name)
+    except FieldProblem as problem:
+        raise bad_request(problem.message, problem.param) from None
+
+
+def get_job(session: Session, project: Project, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None or job.project_id != project.id:
+        raise not_found("fine-tuning job", job_id, "fine_tuning_job_id")
+    return job
+
+
+def list_jobs(session: Session, project: Project, after: str | None, limit: int, status: str | None,
+              metadata: dict[str, str]) -> list[Job]:
+    query = select(Job).where(Job.project_id == project.id)
+    if status:
+        query = query.where(Job.status == status)
+    for key, value in metadata.items():
+        query = query.where(Job.metadata_[key].as_string() == value)
+    if after:
+        anchor = get_job(session, project, after)
+        query = query.where(or_(Job.created_at < anchor.created_at,
+                                (Job.created_at == anchor.created_at) & (Job.id < anchor.id)))
+    return list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
+
+
+def cancel_job(session: Session, project: Project, job_id: str) -> Job:
+    job = get_job(session, project, job_id)
+    if job.status in st.TERMINAL:
+        raise ApiError(409, f"Job {job_id} has already {job.status}; there is nothing to cancel.",
+                       param="fine_tuning_job_id", code="job_not_cancellable")
+    if st.move(session, job_id, frozenset({st.QUEUED, st.PAUSED, st.VALIDATING}), st.CANCELLED, finished_at=now()):
+        append_event(session, job_id, "Job cancelled.", data={"status": st.CANCELLED})
+    else:
+        # Running: the training callback sees the flag within a few steps and stops cooperatively.
+        job.cancel_requested = True
+        append_event(session, job_id, "Cancellation requested; the worker will stop at the next step.")
+    session.flush()
+    session.refresh(job)
+    return job
+
+
+def list_events(session: Session, job: Job, after: str | None, limit: int) -> list[JobEvent]:
+    query = select(JobEvent).where(JobEvent.job_id == job.id)
+    if after:
+        anchor = session.get(JobEvent, after)
+        if anchor is None or anchor.job_id != job.id:
+            raise not_found("event", after, "after")
+        query = query.where(JobEvent.seq < anchor.seq)
+    return list(session.scalars(query.order_by(JobEvent.seq.desc()).limit(limit + 1)))
+
+
+def enqueue(settings: Settings, job_id: str) -> None:
+    """Hand the job id to the broker. Called only after the job row has committed."""
+    from worker.celery_app import celery_app
+
+    try:
+        celery_app.send_task("worker.tasks.run_job", args=[job_id], queue=settings.gpu_queue)
+    except Exception:  # the row is the truth; a job that missed the broker is re-sent by the reaper
+        log.exception("could not enqueue job %s", job_id)
+
+

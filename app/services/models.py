@@ -1,0 +1,68 @@
+"""The models a project can use: base models on offer and its own fine-tuned ones."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.db.models import FineTunedModel, Project
+from app.errors import ApiError, bad_request, not_found
+from app.ml.base_models import list_base_models
+
+
+def base_model_object(model) -> dict[str, Any]:
+    return {"id": model.id, "object": "model", "created": 0, "owned_by": "system", "kind": "base",
+            "model_type": model.model_type, "fine_tunable": model.usable, "problem": model.problem}
+
+
+def fine_tuned_object(model: FineTunedModel) -> dict[str, Any]:
+    return {"id": model.id, "object": "model", "created": model.created_at, "owned_by": model.project_id,
+            "kind": "fine-tuned", "base_model": model.base_model, "task": model.task, "job_id": model.job_id,
+            "bytes": model.bytes}
+
+
+def list_models(session: Session, settings: Settings, project: Project) -> list[dict[str, Any]]:
+    base = [base_model_object(m) for m in list_base_models(settings).values()]
+    tuned = session.scalars(select(FineTunedModel).where(FineTunedModel.project_id == project.id)
+                            .order_by(FineTunedModel.created_at.desc()))
+    return base + [fine_tuned_object(m) for m in tuned]
+
+
+def get_fine_tuned(session: Session, project: Project, model_id: str) -> FineTunedModel | None:
+    model = session.get(FineTunedModel, model_id)
+    return model if model is not None and model.project_id == project.id else None
+
+
+def get_model(session: Session, settings: Settings, project: Project, model_id: str) -> dict[str, Any]:
+    tuned = get_fine_tuned(session, project, model_id)
+    if tuned:
+        return fine_tuned_object(tuned)
+    base = list_base_models(settings).get(model_id)
+    if base:
+        return base_model_object(base)
+    raise not_found("model", model_id, "model")
+
+
+def require_fine_tuned(session: Session, settings: Settings, project: Project, model_id: str) -> FineTunedModel:
+    tuned = get_fine_tuned(session, project, model_id)
+    if tuned is not None:
+        return tuned
+    if model_id in list_base_models(settings):
+        raise bad_request(f"'{model_id}' is a base model; predictions are served by fine-tuned models "
+                          "(ft:…). Fine-tune it first.", "model", code="model_not_fine_tuned")
+    raise not_found("model", model_id, "model")
+
+
+def delete_model(session: Session, settings: Settings, project: Project, model_id: str) -> FineTunedModel:
+    tuned = get_fine_tuned(session, project, model_id)
+    if tuned is None:
+        if model_id in list_base_models(settings):
+            raise ApiError(400, "Base models cannot be deleted through the API; remove their folder instead.",
+                           param="model", code="model_not_deletable")
+        raise not_found("model", model_id, "model")
+    session.delete(tuned)
+    session.flush()
+    return tuned

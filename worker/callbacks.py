@@ -1,0 +1,91 @@
+"""Trainer callbacks: progress and metrics reporting, cooperative stop. They talk to a Reporter, not
+to the database, so the training core stays free of Celery and SQL."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Protocol
+
+from transformers import TrainerCallback
+
+
+class Reporter(Protocol):
+    def progress(self, progress: dict[str, Any], metrics: dict[str, Any] | None = None) -> None: ...
+
+    def event(self, message: str, *, level: str = "info", type: str = "message",
+              data: dict[str, Any] | None = None) -> None: ...
+
+    def should_stop(self) -> bool: ...
+
+
+class NullReporter:
+    """For running the core alone (benchmarks, tests)."""
+
+    def progress(self, progress, metrics=None):
+        pass
+
+    def event(self, message, *, level="info", type="message", data=None):
+        pass
+
+    def should_stop(self):
+        return False
+
+
+class ProgressCallback(TrainerCallback):
+    def __init__(self, reporter: Reporter, samples_per_step: int, tokens_per_sample: float,
+                 interval_s: float = 2.0):
+        self.reporter = reporter
+        self.samples_per_step = samples_per_step
+        self.tokens_per_sample = tokens_per_sample
+        self.interval_s = interval_s
+        self.stop_requested = False
+        self._started = self._last_report = self._last_stop_check = 0.0
+        self.latest: dict[str, Any] = {}
+
+    def snapshot(self, state) -> dict[str, Any]:
+        elapsed = max(time.monotonic() - self._started, 1e-6)
+        step, total = state.global_step, state.max_steps or None
+        samples_per_second = step * self.samples_per_step / elapsed
+        eta = (total - step) * elapsed / step if step and total else None
+        return {
+            "step": step, "total_steps": total, "epoch": round(float(state.epoch or 0.0), 4),
+            "percent": round(100.0 * step / total, 2) if total else 0.0,
+            "eta_seconds": round(eta, 1) if eta is not None else None,
+            "samples_per_second": round(samples_per_second, 3),
+            "tokens_per_second": round(samples_per_second * self.tokens_per_sample, 1),
+        }
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._started = self._last_report = self._last_stop_check = time.monotonic()
+        self.reporter.event(f"Training started: {state.max_steps} steps.", data={"total_steps": state.max_steps})
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.monotonic()
+        if now - self._last_stop_check >= min(1.0, self.interval_s):
+            self._last_stop_check = now
+            if self.reporter.should_stop():
+                self.stop_requested = True
+                control.should_training_stop = True
+        if now - self._last_report >= self.interval_s:
+            self._last_report = now
+            self.reporter.progress(self.snapshot(state), self.latest or None)
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        if "loss" in logs:
+            self.latest.update({"train_loss": logs["loss"], "learning_rate": logs.get("learning_rate"),
+                                "step": state.global_step})
+            self.reporter.event(f"Step {state.global_step}/{state.max_steps}: training loss={logs['loss']:.4f}",
+                                type="metrics", data={**self.snapshot(state), **logs})
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        clean = {k.removeprefix("eval_"): v for k, v in (metrics or {}).items()
+                 if isinstance(v, (int, float)) and not k.endswith(("_runtime", "_per_second"))}
+        self.latest.update({f"eval_{k}": v for k, v in clean.items()})
+        self.reporter.event("Evaluation: " + ", ".join(f"{k}={v:.4f}" for k, v in clean.items()),
+                            type="metrics", data={"step": state.global_step, **clean})
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.reporter.progress(self.snapshot(state), self.latest or None)

@@ -1,0 +1,28 @@
+"""Celery configuration. Celery is only transport: a message carries a job id and nothing else;
+SQL holds the truth about the job. This module stays light so that the API can import it to enqueue."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from app.config import get_settings
+
+settings = get_settings()
+if settings.resolved_broker_url.startswith("sqla+sqlite"):
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+
+celery_app = Celery("finetune", broker=settings.resolved_broker_url, include=["worker.tasks"])
+celery_app.conf.update(
+    task_default_queue=settings.gpu_queue,
+    task_routes={"worker.tasks.run_job": {"queue": settings.gpu_queue}},
+    # A job message is acknowledged only once the job has ended, and given back if the worker dies,
+    # so a crash never loses a job. The claim in SQL makes a second delivery harmless.
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    # A fresh child process per job: GPU memory and any leaked state go with it.
+    worker_max_tasks_per_child=1,
+    task_ignore_result=True,
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+)
