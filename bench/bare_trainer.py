@@ -1,0 +1,73 @@
+"""The baseline a person would write by hand: a bare `transformers.Trainer` script with default
+TrainingArguments, fine-tuning a sequence classifier on a TSV/CSV of (text, label) rows.
+
+Used by the realism test (the service must be at least as accurate) and runnable alone:
+
+    python -m bench.bare_trainer --model <folder> --train ../shared/data/sst2/train.tsv \
+        --eval ../shared/data/sst2/validation.tsv --train-rows 2000 --eval-rows 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import tempfile
+import time
+from pathlib import Path
+
+
+def read_rows(path: Path, limit: int, text_column: str = "sentence", label_column: str = "label"):
+    delimiter = "\t" if path.suffix == ".tsv" else ","
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh, delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL)
+        rows = []
+        for row in reader:
+            rows.append((row[text_column], int(row[label_column])))
+            if len(rows) >= limit:
+                break
+    return rows
+
+
+def run(model_path: str, train_rows, eval_rows, **training_args) -> dict:
+    import numpy as np
+    from datasets import Dataset
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
+                              TrainingArguments)
+
+    labels = sorted({label for _, label in train_rows})
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=len(labels))
+
+    def encode(rows):
+        data = Dataset.from_dict({"text": [t for t, _ in rows], "label": [labels.index(y) for _, y in rows]})
+        return data.map(lambda b: tokenizer(b["text"], truncation=True), batched=True, remove_columns=["text"])
+
+    train_set, eval_set = encode(train_rows), encode(eval_rows)
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(output_dir=out, report_to="none", save_strategy="no", disable_tqdm=True,
+                                 **training_args)
+        trainer = Trainer(model=model, args=args, train_dataset=train_set, processing_class=tokenizer,
+                          data_collator=DataCollatorWithPadding(tokenizer))
+        started = time.perf_counter()
+        result = trainer.train()
+        seconds = time.perf_counter() - started
+        predictions = trainer.predict(eval_set).predictions.argmax(-1)
+    accuracy = float(np.mean(predictions == np.asarray(eval_set["label"])))
+    return {"accuracy": accuracy, "train_seconds": seconds, "steps": result.global_step,
+            "samples_per_second": result.metrics.get("train_samples_per_second")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--train", type=Path, required=True)
+    parser.add_argument("--eval", type=Path, required=True)
+    parser.add_argument("--train-rows", type=int, default=2000)
+    parser.add_argument("--eval-rows", type=int, default=500)
+    ns = parser.parse_args()
+    print(json.dumps(run(ns.model, read_rows(ns.train, ns.train_rows), read_rows(ns.eval, ns.eval_rows)), indent=2))
+
+
+if __name__ == "__main__":
+    main()

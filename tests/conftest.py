@@ -1,0 +1,101 @@
+"""Fixtures. The in-process app (fast API tests) runs on SQLite in a temporary folder; the live stacks
+(end-to-end tests) are real processes: `finetune serve` with a real Celery worker, against either the
+embedded default (SQLite + SQLite broker) or this machine's PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# Settings are read once per process: point the in-process app at a scratch folder before any import.
+_SCRATCH = Path(tempfile.mkdtemp(prefix="ft-tests-"))
+os.environ.update({
+    "FT_DATA_DIR": str(_SCRATCH / "inproc"),
+    "FT_BASE_MODELS_DIR": str(_SCRATCH / "base_models"),
+    "FT_MAX_UPLOAD_BYTES": str(256 * 1024),
+    "FT_BOOTSTRAP_API_KEY": "",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+})
+for _var in ("FT_DATABASE_URL", "FT_BROKER_URL", "FT_STORAGE_DIR"):
+    os.environ.pop(_var, None)
+
+import pytest  # noqa: E402
+
+from tests.support.live import LiveStack, postgres_database, redis_url  # noqa: E402
+from tests.support.tiny_models import build_base_models  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.fixture(scope="session")
+def base_models_dir() -> Path:
+    return build_base_models(Path(os.environ["FT_BASE_MODELS_DIR"]))
+
+
+@pytest.fixture(scope="session")
+def app(base_models_dir):
+    from app.config import get_settings
+    from app.db.migrate import upgrade
+    from app.main import create_app
+
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.resolved_database_url)
+    return create_app(settings)
+
+
+def _key_for(project: str) -> str:
+    from app.db.engine import session_scope
+    from app.services.projects import add_key, get_or_create_project
+
+    with session_scope() as session:
+        return add_key(session, get_or_create_project(session, project))
+
+
+@pytest.fixture()
+def client(app):
+    """A client of a fresh project, so each test sees only its own objects."""
+    from fastapi.testclient import TestClient
+
+    with TestClient(app) as c:
+        c.headers["Authorization"] = f"Bearer {_key_for(f'p-{os.urandom(4).hex()}')}"
+        yield c
+
+
+@pytest.fixture()
+def other_client(app):
+    from fastapi.testclient import TestClient
+
+    with TestClient(app) as c:
+        c.headers["Authorization"] = f"Bearer {_key_for(f'other-{os.urandom(4).hex()}')}"
+        yield c
+
+
+@pytest.fixture(scope="session")
+def pg_stack(base_models_dir, tmp_path_factory):
+    """The production shape: PostgreSQL, Redis broker, a real worker process."""
+    with postgres_database() as db_url:
+        stack = LiveStack(tmp_path_factory.mktemp("pg-stack"), base_models_dir,
+                          database_url=db_url, broker_url=redis_url())
+        with stack.running():
+            yield stack
+
+
+@pytest.fixture(scope="session")
+def embedded_stack(base_models_dir, tmp_path_factory):
+    """The embedded default: SQLite database, SQLite-backed broker, a real worker process."""
+    stack = LiveStack(tmp_path_factory.mktemp("embedded-stack"), base_models_dir)
+    with stack.running():
+        yield stack
+
+
+def upload(client, path_or_name, content: bytes | None = None, purpose: str = "fine-tune"):
+    if content is None:
+        path = Path(path_or_name)
+        content, name = path.read_bytes(), path.name
+    else:
+        name = path_or_name
+    return client.post("/v1/files", files={"file": (name, content)}, data={"purpose": purpose})

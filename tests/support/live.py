@@ -1,0 +1,131 @@
+"""Live stacks for end-to-end tests: the real `finetune serve` process (API + Celery worker) talking
+to real databases and brokers. Nothing is mocked."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+def unavailable(reason: str):
+    """Where CI runs, every service the tests need is started by .ci/run: missing means broken."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI must provide it: see tests/start_services.sh)")
+    pytest.skip(reason)
+
+
+@contextmanager
+def postgres_database():
+    import psycopg
+
+    admin = "host=127.0.0.1 port=5432 user=root dbname=test connect_timeout=3"
+    name = f"ft_test_{uuid.uuid4().hex[:10]}"
+    try:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        unavailable(f"PostgreSQL is not reachable on 127.0.0.1:5432: {exc}")
+    try:
+        yield f"postgresql+psycopg://root@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def redis_url(db: int = 9) -> str:
+    import redis
+
+    url = f"redis://127.0.0.1:6379/{db}"
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=3).flushdb()
+    except redis.exceptions.ConnectionError as exc:
+        unavailable(f"Redis is not reachable on 127.0.0.1:6379: {exc}")
+    return url
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveStack:
+    def __init__(self, root: Path, base_models_dir: Path, database_url: str | None = None,
+                 broker_url: str | None = None):
+        self.root = root
+        self.port = free_port()
+        self.key = f"sk-live-{uuid.uuid4().hex}"
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = root / "serve.log"
+        self.env = {**os.environ, "FT_DATA_DIR": str(root / "data"), "FT_BASE_MODELS_DIR": str(base_models_dir),
+                    "FT_BOOTSTRAP_API_KEY": self.key, "FT_API_PORT": str(self.port),
+                    "FT_PROGRESS_INTERVAL_S": "0.5", "FT_MAX_UPLOAD_BYTES": str(64 * 1024 * 1024),
+                    "PYTHONUNBUFFERED": "1"}
+        for var, value in (("FT_DATABASE_URL", database_url), ("FT_BROKER_URL", broker_url)):
+            if value:
+                self.env[var] = value
+            else:
+                self.env.pop(var, None)
+        self.process: subprocess.Popen | None = None
+
+    @contextmanager
+    def running(self):
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=REPO, env=self.env,
+                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            self._wait_ready()
+            yield self
+        finally:
+            self.stop()
+
+    def _wait_ready(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the service exited early:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"the service was not ready in {timeout}s:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)  # what Ctrl-C does: API and worker stop together
+            try:
+                self.process.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-20_000:]
+
+    def client(self, key: str | None = None) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key or self.key}"}, timeout=120)
+
+    def wait_for_job(self, job_id: str, timeout: float = 300) -> dict:
+        deadline = time.monotonic() + timeout
+        with self.client() as c:
+            while time.monotonic() < deadline:
+                job = c.get(f"/v1/fine_tuning/jobs/{job_id}").json()
+                if job["status"] in TERMINAL:
+                    return job
+                time.sleep(0.5)
+        raise AssertionError(f"job {job_id} did not finish in {timeout}s; last state {job}\n{self.log()}")
