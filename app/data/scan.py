@@ -23,7 +23,9 @@ MAX_REPORTED = 100  # problems listed per file; the count says how many more the
 MAX_DISTINCT = 1000  # distinct values remembered per column (enough to know a label set)
 MAX_NULL_LINES = 20
 
-_INT = re.compile(r"^[+-]?\d+$")
+_INT = re.compile(r"^[+-]?[0-9]+$")
+# What a CSV cell may look like to be read as a number: ASCII digits, no "1_000", no "١٢".
+_NUMBER_CHARS = re.compile(r"^[0-9+\-.eE]+$")
 csv.field_size_limit(64 * 1024 * 1024)
 
 
@@ -185,7 +187,7 @@ def sniff_format(head: bytes, filename: str = "") -> str:
 def scan_file(path: Path, filename: str = "") -> ScanResult:
     with open(path, "rb") as fh:
         head = fh.read(4096)
-    if not head.strip():
+    if not head.removeprefix(codecs.BOM_UTF8).strip():
         result = ScanResult(format=None)
         result.error("The file is empty. Upload a CSV, TSV, JSONL or Parquet file with a header and rows.")
         return result
@@ -238,6 +240,8 @@ def _cell(text: str) -> Any:
         return None
     if _INT.match(stripped):
         return int(stripped)
+    if not _NUMBER_CHARS.match(stripped):
+        return text
     try:
         number = float(stripped)
     except ValueError:
@@ -282,21 +286,46 @@ def _scan_delimited(path: Path, result: ScanResult, delimiter: str) -> Iterator[
         if not row or (len(row) == 1 and row[0].strip() == "" and len(header) > 1):
             continue  # blank line
         if len(row) != len(header):
-            result.error(f"Line {start} has {len(row)} fields but the header has {len(header)}; "
-                         f"check for an unquoted '{'TAB' if delimiter == chr(9) else delimiter}' in a value.",
+            if current["line"] > start and delimiter != "\t" and any("\n" in v for v in row):
+                hint = (f"a double quote opened on line {start} is not closed where it should be (it runs to "
+                        f"line {current['line']}); close it, or double it (\"\") inside a quoted value.")
+            else:
+                hint = f"check for an unquoted '{'TAB' if delimiter == chr(9) else delimiter}' in a value."
+            result.error(f"Line {start} has {len(row)} fields but the header has {len(header)}; {hint}",
                          line=start)
             continue
         yield start, {h: _cell(v) for h, v in zip(header, row)}
 
 
+class _NotFinite(ValueError):
+    pass
+
+
+def _reject_constant(name: str) -> Any:
+    raise _NotFinite(name)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotFinite(text)
+    return value
+
+
 def _scan_jsonl(path: Path, result: ScanResult) -> Iterator[tuple[int, dict[str, Any]]]:
+    row_lines: list[int] = []  # the first rows' lines, for a key that only appears later
     for number, text in _decoded_lines(path, result):
         if not text.strip():
             continue
         try:
-            record = json.loads(text.rstrip("\r\n"))
+            # NaN and Infinity are not JSON (and no database's JSON type stores them): refuse them here.
+            record = json.loads(text.rstrip("\r\n"), parse_constant=_reject_constant, parse_float=_finite_float)
         except json.JSONDecodeError as exc:
             result.error(f"Invalid JSON on line {number}, column {exc.colno}: {exc.msg}.", line=number)
+            continue
+        except _NotFinite as exc:
+            result.error(f"Line {number} has the number {exc}, which JSON does not allow; use null for a "
+                         "missing value.", line=number)
             continue
         if not isinstance(record, dict):
             result.error(f"Line {number} is a JSON {type(record).__name__}, not an object.", line=number)
@@ -305,10 +334,12 @@ def _scan_jsonl(path: Path, result: ScanResult) -> Iterator[tuple[int, dict[str,
             if key not in result.stats:
                 if result.rows:
                     # Earlier rows lacked this key: they count as missing values.
-                    result.stats[key] = ColumnStats(nulls=result.rows)
+                    result.stats[key] = ColumnStats(nulls=result.rows, null_lines=row_lines[:MAX_NULL_LINES])
                 else:
                     result.stats[key] = ColumnStats()
                 result.columns.append(key)
+        if len(row_lines) < MAX_NULL_LINES:
+            row_lines.append(number)
         yield number, record
 
 
@@ -322,10 +353,31 @@ def _scan_parquet(path: Path, result: ScanResult) -> Iterator[tuple[int, dict[st
         return
     _set_columns(result, list(pf.schema_arrow.names), line=None)
     row_number = 0
-    for batch in pf.iter_batches(batch_size=2048):
+    batches = pf.iter_batches(batch_size=2048)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as exc:  # a damaged row group, a type pyarrow cannot convert
+            result.error(f"The Parquet file cannot be read after row {row_number}: {exc}.", line=row_number + 1)
+            return
         for record in batch.to_pylist():
             row_number += 1
+            bad = _parquet_not_finite(record)
+            if bad:
+                result.error(f"Row {row_number} has the value {record[bad]} in column '{bad}'; use null for a "
+                             "missing value.", line=row_number, column=bad)
+                continue
             yield row_number, record
+
+
+def _parquet_not_finite(record: dict[str, Any]) -> str | None:
+    # NaN / Infinity would poison the statistics and cannot be stored or returned as JSON.
+    for name, value in record.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            return name
+    return None
 
 
 def _set_columns(result: ScanResult, header: list[str], line: int | None) -> None:

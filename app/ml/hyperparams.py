@@ -14,7 +14,6 @@ DEFAULTS: dict[str, Any] = {
     "weight_decay": 0.01,
     "gradient_accumulation_steps": 1,
     "lr_scheduler": "linear",
-    "precision": "auto",
 }
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "polynomial", "cosine_with_restarts")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -46,6 +45,10 @@ def resolve(requested: dict[str, Any], train_rows: int, model_max_positions: int
     for key, default in DEFAULTS.items():
         value = requested.get(key)
         out[key] = value if _given(value) else default
+    # Precision depends on the worker's device: only an explicit choice is recorded here; the worker
+    # writes the precision it actually uses onto the job when it starts.
+    if _given(requested.get("precision")):
+        out["precision"] = requested["precision"]
     seq = requested.get("max_seq_length")
     if _given(seq):
         out["max_seq_length"] = int(seq)

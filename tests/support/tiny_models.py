@@ -45,6 +45,11 @@ def build_tiny_bert(path: Path) -> Path:
 def build_base_models(root: Path) -> Path:
     """The folder layout an operator uses: ``<root>/<org>/<name>`` with safetensors + tokenizer."""
     build_tiny_bert(root / "tiny" / "bert")
+    # Valid config and tokenizer but damaged weights: passes validation, fails when the worker loads it.
+    broken = root / "tiny" / "broken"
+    build_tokenizer(broken)
+    (broken / "config.json").write_text((root / "tiny" / "bert" / "config.json").read_text())
+    (broken / "model.safetensors").write_bytes(b"this is not a safetensors file")
     # A folder with pickle weights only, which the service must refuse.
     pickled = root / "tiny" / "pickled"
     pickled.mkdir(parents=True, exist_ok=True)
