@@ -6,6 +6,7 @@ names the offending field in dotted form (``column_mapping.label``) — never a 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -43,9 +44,14 @@ def error_response(status: int, message: str, param: str | None = None, code: st
     return JSONResponse(error_body(status, message, param, code), status_code=status, headers=headers)
 
 
+_UNION_TAG = re.compile(r"^(int|float|str|bool|none|dict|list|.*\[.*\])$")
+
+
 def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
-    # ("body", "column_mapping", "label") → "column_mapping.label"; list indices stay as [i].
-    parts = [p for p in loc if p not in ("body", "query", "path", "header", "form")]
+    # ("body", "column_mapping", "label") → "column_mapping.label"; list indices become [i]; the names
+    # pydantic gives union members ("int", "literal['auto']") are not fields and are dropped.
+    parts = [p for p in loc if p not in ("body", "query", "path", "header", "form")
+             and not (isinstance(p, str) and _UNION_TAG.match(p))]
     out = ""
     for p in parts:
         out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
@@ -67,7 +73,9 @@ def install_error_handlers(app: FastAPI) -> None:
         elif first.get("type") == "missing":
             msg = f"Missing required field '{param}'."
         elif param:
-            msg = f"Invalid value for '{param}': {msg}."
+            # A union (e.g. a number or "auto") reports one error per member: say them all.
+            alternatives = [e["msg"] for e in exc.errors() if _loc_to_param(tuple(e.get("loc", ()))) == param]
+            msg = f"Invalid value for '{param}': {' or '.join(dict.fromkeys(alternatives))}."
         return error_response(400, msg, param, first.get("type"))
 
     @app.exception_handler(StarletteHTTPException)

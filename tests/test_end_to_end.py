@@ -36,7 +36,7 @@ def test_upload_train_predict(stack):
 
         done = stack.wait_for_job(job["id"])
         assert done["status"] == "succeeded", (done, stack.log())
-        assert done["fine_tuned_model"] == f"ft:tiny/bert:e2e:{job['id'].removeprefix('ftjob-')[:8]}"
+        assert done["fine_tuned_model"] == f"ft:tiny/bert:e2e:{job['id'][-8:]}"
         assert done["attempt"] == 1 and done["finished_at"] >= done["created_at"]
         assert done["progress"]["percent"] == 100.0 and done["progress"]["samples_per_second"] > 0
         assert done["trained_tokens"] > 0

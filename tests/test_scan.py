@@ -46,7 +46,7 @@ def error_lines(result) -> list[int | None]:
     ("data.csv", TSV, "tsv"),
     ("data.tsv", JSONL, "jsonl"),
     ("data", JSONL, "jsonl"),
-])
+], ids=["csv", "tsv", "jsonl", "csv-named-jsonl", "tsv-named-csv", "jsonl-named-tsv", "jsonl-no-extension"])
 def test_text_formats_recognised_by_content(tmp_path, name, content, fmt):
     path = write(tmp_path, name, content)
     result = scan_file(path, name)
@@ -171,14 +171,15 @@ def test_nan_and_infinity_are_not_json(tmp_path):
     assert result.profile()["label"]["sum"] == 1.5
 
 
-@pytest.mark.parametrize("content", [b"", b"\n\n  \n", b"\xef\xbb\xbf"])
+@pytest.mark.parametrize("content", [b"", b"\n\n  \n", b"\xef\xbb\xbf"], ids=["zero-bytes", "blank-lines", "bom-only"])
 def test_empty_file(tmp_path, content):
     result = scan_file(write(tmp_path, "data.csv", content))
     assert result.format is None and result.rows == 0
     assert len(result.errors) == 1 and "empty" in result.errors[0].message
 
 
-@pytest.mark.parametrize(("name", "content"), [("data.csv", b"text,label\n"), ("data.tsv", b"text\tlabel\n\n")])
+@pytest.mark.parametrize(("name", "content"), [("data.csv", b"text,label\n"), ("data.tsv", b"text\tlabel\n\n")],
+                         ids=["csv", "tsv"])
 def test_header_only(tmp_path, name, content):
     result = scan_file(write(tmp_path, name, content))
     assert result.columns == ["text", "label"] and result.rows == 0

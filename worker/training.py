@@ -156,7 +156,9 @@ def train(spec: TrainingSpec, train_file: DataFile, valid_file: DataFile | None,
         outcome.metrics.update({k: float(v) for k, v in evaluated.items()
                                 if isinstance(v, (int, float)) and not k.endswith(("_runtime", "_per_second"))})
     output_dir.mkdir(parents=True, exist_ok=True)
-    trainer.save_model(str(output_dir))  # safetensors weights + config.json (labels, scaling)
+    # save_pretrained rather than trainer.save_model: the latter adds training_args.bin, a pickle, and
+    # everything this service hands out is safetensors + JSON.
+    trainer.model.save_pretrained(str(output_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(output_dir))
     (output_dir / SERVICE_CONFIG).write_text(json.dumps({
         "task": spec.task, "column_mapping": spec.column_mapping, "hyperparameters": hp, "plan": spec.plan,

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import threading
-import time
 from typing import Any, BinaryIO
 
 from sqlalchemy import or_, select
@@ -15,35 +13,17 @@ from app.data.scan import FORMATS, iter_records, scan_file
 from app.db.models import File, Job, Project
 from app.db.transitions import TERMINAL
 from app.errors import ApiError, not_found
-from app.ids import random_token
+from app.ids import new_id
 from app.ml.tasks import detect_task
 from app.storage import LocalStorage, TooLarge
 
 PURPOSES = ("fine-tune",)
 
-_clock_lock = threading.Lock()
-_last_micros = 0
-
-
-def _new_file_id() -> tuple[str, int]:
-    """A file id that sorts by creation time, and that creation time (seconds).
-
-    Lists are ordered by ``created_at`` (whole seconds) and then by id; with purely random ids, files
-    uploaded within the same second came back in random order. Here the id starts with the creation
-    time in microseconds (13 lowercase hex digits: the same order in every database collation),
-    strictly increasing within a process, followed by random characters."""
-    global _last_micros
-    with _clock_lock:
-        micros = max(time.time_ns() // 1000, _last_micros + 1)
-        _last_micros = micros
-    return f"file-{micros:013x}{random_token(11)}", micros // 1_000_000
-
-
 async def ingest(session: Session, storage: LocalStorage, project: Project, upload: BinaryIO, filename: str,
                  purpose: str, max_bytes: int) -> File:
     if purpose not in PURPOSES:
         raise ApiError(400, f"purpose must be one of: {', '.join(PURPOSES)}.", param="purpose")
-    file_id, created_at = _new_file_id()
+    file_id = new_id("file")  # time-ordered: lists page by id
     key = f"files/{project.id}/{file_id}"
     try:
         blob = await storage.save_upload(key, upload, max_bytes)
@@ -64,7 +44,6 @@ async def ingest(session: Session, storage: LocalStorage, project: Project, uplo
             sha256=blob.sha256, format=scan.format, rows=scan.rows, columns=scan.columns, profile=scan.profile(),
             detected_task=detected[0] if detected else None, detected_column_mapping=detected[1] if detected else None,
             validation=scan.validation(), status="error" if scan.errors else "processed", storage_key=key,
-            created_at=created_at,
         )
         session.add(record)
         session.flush()
@@ -94,9 +73,8 @@ def list_files(session: Session, project: Project, after: str | None, limit: int
         query = query.where(File.purpose == purpose)
     if after:
         anchor = get_file(session, project, after, "after")
-        query = query.where(or_(File.created_at < anchor.created_at,
-                                (File.created_at == anchor.created_at) & (File.id < anchor.id)))
-    return list(session.scalars(query.order_by(File.created_at.desc(), File.id.desc()).limit(limit + 1)))
+        query = query.where(File.id < anchor.id)
+    return list(session.scalars(query.order_by(File.id.desc()).limit(limit + 1)))
 
 
 def delete_file(session: Session, storage: LocalStorage, project: Project, file_id: str) -> None:

@@ -7,9 +7,8 @@ import hashlib
 import json
 import logging
 import random
-from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.config import Settings
@@ -130,7 +129,7 @@ def _task_and_mapping(body: JobCreate, train: File) -> tuple[str, dict[str, str]
     else:
         task_name = get_task_or_400(body.task).name
     task = get_task(task_name)
-    detected = task.detect(train.profile) or {}
+    detected = task.detect(train.profile) or task.guess_mapping(train.profile)
     given = body.column_mapping or {}
     for role in given:
         if role not in task.roles:
@@ -162,9 +161,8 @@ def list_jobs(session: Session, project: Project, after: str | None, limit: int,
         query = query.where(Job.metadata_[key].as_string() == value)
     if after:
         anchor = get_job(session, project, after)
-        query = query.where(or_(Job.created_at < anchor.created_at,
-                                (Job.created_at == anchor.created_at) & (Job.id < anchor.id)))
-    return list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
+        query = query.where(Job.id < anchor.id)  # ids are time-ordered (app.ids)
+    return list(session.scalars(query.order_by(Job.id.desc()).limit(limit + 1)))
 
 
 def cancel_job(session: Session, project: Project, job_id: str) -> Job:

@@ -30,6 +30,11 @@ class Task(ABC):
     def detect(self, profile: dict[str, Any]) -> dict[str, str] | None:
         """The column mapping under which a file with this profile is this task, or None."""
 
+    def guess_mapping(self, profile: dict[str, Any]) -> dict[str, str]:
+        """Columns that look like this task's roles by name alone: the defaults when the user named
+        the task but not every column."""
+        return {}
+
     @abstractmethod
     def plan(self, mapping: dict[str, str], train: dict[str, Any], valid: dict[str, Any] | None) -> dict[str, Any]:
         """Check the files against the mapping (raising FieldProblem) and return what training needs

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 from app.data.scan import value_key
 from app.ml.tasks.base import LABEL_NAMES, FieldProblem, dominant_kind, find_column, require_no_missing

@@ -27,6 +27,11 @@ class SequenceTask(Task):
             mapping["text_pair"] = pair
         return mapping
 
+    def guess_mapping(self, profile):
+        mapping = self.detect_text_columns(profile) or {}
+        label = find_column(profile, LABEL_NAMES)
+        return {**mapping, "label": label} if label else mapping
+
     def check_inputs(self, mapping: dict[str, str], profile: dict[str, Any], file_param: str) -> None:
         require_text(profile, mapping["text"], "column_mapping.text", file_param)
         if mapping.get("text_pair"):

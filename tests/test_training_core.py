@@ -1,0 +1,67 @@
+"""The pure training core, alone: no Celery, no database."""
+
+from __future__ import annotations
+
+import json
+
+from app.data.scan import scan_file
+from app.ml import hyperparams
+from app.ml.tasks import get_task
+from tests.conftest import EXAMPLES
+from worker.callbacks import NullReporter
+from worker.training import SERVICE_CONFIG, DataFile, TrainingSpec, train
+
+
+def _spec(base_models_dir, **hp):
+    profile = scan_file(EXAMPLES / "sentiment.csv").profile()
+    mapping = {"text": "text", "label": "label"}
+    plan = get_task("text-classification").plan(mapping, profile, None)
+    resolved = hyperparams.resolve({"learning_rate": 2e-3, "n_epochs": 6, **hp}, 200, 128, 30)
+    return TrainingSpec("text-classification", str(base_models_dir / "tiny" / "bert"), mapping, plan, resolved, seed=3)
+
+
+class Recorder(NullReporter):
+    def __init__(self, stop_after: int | None = None):
+        self.snapshots, self.events, self.stop_after, self.checks = [], [], stop_after, 0
+
+    def progress(self, progress, metrics=None):
+        self.snapshots.append(progress)
+
+    def event(self, message, *, level="info", type="message", data=None):
+        self.events.append((type, message))
+
+    def should_stop(self):
+        self.checks += 1
+        return self.stop_after is not None and self.checks >= self.stop_after
+
+
+def test_trains_and_saves_a_servable_model(base_models_dir, tmp_path):
+    reporter = Recorder()
+    data = DataFile(EXAMPLES / "sentiment.csv", "csv")
+    outcome = train(_spec(base_models_dir), data, DataFile(EXAMPLES / "sentiment_validation.csv", "csv"),
+                    tmp_path / "model", reporter, progress_interval_s=0)
+    assert not outcome.stopped and outcome.steps == 78  # ceil(200 / 16) * 6
+    assert outcome.metrics["eval_accuracy"] >= 0.8 and outcome.trained_tokens > 0
+    files = {p.name for p in (tmp_path / "model").iterdir()}
+    assert "model.safetensors" in files and not files & {"pytorch_model.bin", "training_args.bin"}
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["id2label"] == {"0": "negative", "1": "positive"}
+    assert json.loads((tmp_path / "model" / SERVICE_CONFIG).read_text())["task"] == "text-classification"
+    assert reporter.snapshots[-1]["step"] == 78 and reporter.snapshots[-1]["percent"] == 100.0
+    assert any(kind == "metrics" for kind, _ in reporter.events)
+
+
+def test_stops_cooperatively(base_models_dir, tmp_path):
+    outcome = train(_spec(base_models_dir, n_epochs=50), DataFile(EXAMPLES / "sentiment.csv", "csv"), None,
+                    tmp_path / "model", Recorder(stop_after=3), progress_interval_s=0)
+    assert outcome.stopped and outcome.steps < 50 * 13
+    assert not (tmp_path / "model").exists()
+
+
+def test_auto_hyperparameters():
+    small = hyperparams.resolve({}, 200, 512, 40)
+    assert small["batch_size"] == 16 and small["n_epochs"] == 10 and small["max_seq_length"] == 128
+    large = hyperparams.resolve({}, 60_000, 512, 600)
+    assert large["batch_size"] == 32 and large["n_epochs"] == 3 and large["max_seq_length"] == 256
+    assert hyperparams.resolve({"max_seq_length": 1024}, 10, 512, 1)["max_seq_length"] == 512
+    assert "precision" not in small and hyperparams.resolve({"precision": "bf16"}, 10, None, 1)["precision"] == "bf16"
