@@ -29,6 +29,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 COPY app/ ./app/
 COPY worker/ ./worker/
 COPY migrations/ ./migrations/
+COPY README.md ./
 RUN pip install . && rm -rf build *.egg-info
 # app/db/migrate.py finds migrations/ next to the `app` package, which only holds for the copy in /srv
 # (pip installs app/ into site-packages without migrations/): import the code from /srv.

