@@ -152,3 +152,26 @@ def test_openai_sdk_as_client(pg_stack):
     assert retrieved.fine_tuned_model.startswith("ft:tiny/bert:sdk:")
     assert pg_stack.wait_for_job(queued.id)["status"] == "cancelled"
     assert client.models.retrieve(retrieved.fine_tuned_model).id == retrieved.fine_tuned_model
+
+
+def test_duplicate_delivery_runs_nothing(pg_stack):
+    """Celery may deliver a message twice; the claim in SQL makes the second delivery a no-op."""
+    from celery import Celery
+
+    with pg_stack.client() as c:
+        f = upload(c, EXAMPLES / "sentiment.csv").json()
+        job = c.post("/v1/fine_tuning/jobs", json={"model": "tiny/bert", "training_file": f["id"],
+                                                   "hyperparameters": {"n_epochs": 1}}).json()
+        done = pg_stack.wait_for_job(job["id"])
+        assert done["status"] == "succeeded"
+        events_before = c.get(f"/v1/fine_tuning/jobs/{job['id']}/events", params={"limit": 100}).json()["data"]
+
+        broker = Celery(broker=pg_stack.env["FT_BROKER_URL"])
+        broker.send_task("worker.tasks.run_job", args=[job["id"]], queue="gpu")
+        deadline = time.monotonic() + 30
+        while "is not queued any more" not in pg_stack.log():
+            assert time.monotonic() < deadline, pg_stack.log()
+            time.sleep(0.5)
+        after = c.get(f"/v1/fine_tuning/jobs/{job['id']}").json()
+        assert after["attempt"] == 1 and after["status"] == "succeeded"
+        assert c.get(f"/v1/fine_tuning/jobs/{job['id']}/events", params={"limit": 100}).json()["data"] == events_before

@@ -24,5 +24,4 @@ celery_app.conf.update(
     worker_max_tasks_per_child=1,
     task_ignore_result=True,
     broker_connection_retry_on_startup=True,
-    worker_hijack_root_logger=False,
 )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import socket
@@ -10,6 +9,7 @@ import time
 import traceback
 from typing import Any
 
+from celery.utils.log import get_task_logger
 from sqlalchemy import func, select
 
 from app.config import get_settings
@@ -22,7 +22,7 @@ from app.ml.base_models import list_base_models
 from app.storage import get_storage
 from worker.celery_app import celery_app
 
-log = logging.getLogger(__name__)
+log = get_task_logger(__name__)
 
 
 def fine_tuned_model_id(job: Job) -> str:

@@ -197,7 +197,7 @@ def enqueue(settings: Settings, job_id: str) -> None:
 
     try:
         celery_app.send_task("worker.tasks.run_job", args=[job_id], queue=settings.gpu_queue)
-    except Exception:  # the row is the truth; a job that missed the broker is re-sent by the reaper
+    except Exception:  # the row stays queued, the truth; the client sees the job and can cancel it
         log.exception("could not enqueue job %s", job_id)
 
 
