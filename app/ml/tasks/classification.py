@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 from app.data.scan import value_key
-from app.ml.tasks.base import LABEL_NAMES, FieldProblem, dominant_kind, find_column, require_no_missing
+from app.ml.tasks.base import FieldProblem, dominant_kind, require_no_missing
 from app.ml.tasks.sequence import SequenceTask
 
 MAX_CLASSES = 1000
@@ -21,16 +21,9 @@ def _sorted_labels(keys: list[str]) -> list[str]:
 class TextClassification(SequenceTask):
     name = "text-classification"
 
-    def detect(self, profile):
-        mapping = self.detect_text_columns(profile)
-        label = find_column(profile, LABEL_NAMES)
-        if not mapping or not label:
-            return None
-        stats = profile[label]
+    def label_fits(self, stats):
         kind = dominant_kind(stats)
-        if kind == "str" or kind == "bool" or (kind == "number" and stats["all_integer"] and stats["distinct"]):
-            return {**mapping, "label": label}
-        return None
+        return kind in ("str", "bool") or (kind == "number" and stats["all_integer"] and stats["distinct"] is not None)
 
     def plan(self, mapping, train, valid):
         self.mapping_param_missing(mapping)

@@ -5,22 +5,15 @@ from __future__ import annotations
 
 import math
 
-from app.ml.tasks.base import LABEL_NAMES, FieldProblem, dominant_kind, find_column, require_no_missing
+from app.ml.tasks.base import FieldProblem, dominant_kind, require_no_missing
 from app.ml.tasks.sequence import SequenceTask
 
 
 class TextRegression(SequenceTask):
     name = "text-regression"
 
-    def detect(self, profile):
-        mapping = self.detect_text_columns(profile)
-        label = find_column(profile, LABEL_NAMES)
-        if not mapping or not label:
-            return None
-        stats = profile[label]
-        if dominant_kind(stats) == "number" and (not stats["all_integer"] or stats["distinct"] is None):
-            return {**mapping, "label": label}
-        return None
+    def label_fits(self, stats):
+        return dominant_kind(stats) == "number" and (not stats["all_integer"] or stats["distinct"] is None)
 
     def _numeric(self, profile, column, file_param):
         stats = profile[column]

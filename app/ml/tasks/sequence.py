@@ -32,6 +32,16 @@ class SequenceTask(Task):
         label = find_column(profile, LABEL_NAMES)
         return {**mapping, "label": label} if label else mapping
 
+    def detect(self, profile):
+        mapping = self.guess_mapping(profile)
+        if "text" in mapping and "label" in mapping and self.label_fits(profile[mapping["label"]]):
+            return mapping
+        return None
+
+    def label_fits(self, stats: dict[str, Any]) -> bool:
+        """Whether a label column with these statistics is this task's kind of target."""
+        raise NotImplementedError
+
     def check_inputs(self, mapping: dict[str, str], profile: dict[str, Any], file_param: str) -> None:
         require_text(profile, mapping["text"], "column_mapping.text", file_param)
         if mapping.get("text_pair"):
