@@ -91,6 +91,10 @@ class Job(Base):
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    pause_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Times a worker was lost mid-job (lease expired); past FT_MAX_ATTEMPTS the job fails.
+    interruptions: Mapped[int] = mapped_column(Integer, default=0)
+    enqueued_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     lease_expires_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     worker_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     # Counter behind the per-job event sequence; bumped atomically with UPDATE … RETURNING.
@@ -128,3 +132,48 @@ class FineTunedModel(Base):
     storage_key: Mapped[str] = mapped_column(String(500))
     bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+
+class Checkpoint(Base):
+    __tablename__ = "fine_tuning_checkpoints"
+    __table_args__ = (UniqueConstraint("job_id", "step", name="uq_checkpoints_step"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("fine_tuning_jobs.id", ondelete="CASCADE"), index=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    step: Mapped[int] = mapped_column(Integer)
+    epoch: Mapped[float] = mapped_column(default=0.0)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    model_id: Mapped[str] = mapped_column(String(700), index=True)
+    storage_key: Mapped[str] = mapped_column(String(500))
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+
+class WebhookEndpoint(Base):
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    url: Mapped[str] = mapped_column(String(2000))
+    # Kept in clear: it signs every delivery (HMAC), so it must be readable by the dispatcher.
+    secret: Mapped[str] = mapped_column(String(100))
+    events: Mapped[list[Any]] = mapped_column(default=list)
+    description: Mapped[str] = mapped_column(String(500), default="")
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+
+class WebhookDelivery(Base):
+    """The outbox: written in the same transaction as the job's terminal state, delivered later."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the webhook-id header (msg_…)
+    endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), index=True)
+    event_type: Mapped[str] = mapped_column(String(100))
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)  # pending|delivered|failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[float] = mapped_column(default=0.0, index=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    delivered_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
