@@ -40,6 +40,15 @@ def _prepare() -> None:
             typer.echo(f"Created an API key for project 'default'; it is in {key_file}.")
 
 
+def die_with_parent() -> None:
+    """Linux: a child started with this as preexec_fn is killed when its parent dies, even by kill -9,
+    so a crashed `finetune serve` never leaves an orphan worker behind."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def _worker_command(concurrency: int) -> list[str]:
     settings = get_settings()
     return [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", settings.gpu_queue,
@@ -53,7 +62,7 @@ def serve(host: str = typer.Option(None), port: int = typer.Option(None), worker
 
     settings = get_settings()
     _prepare()
-    child = subprocess.Popen(_worker_command(1)) if worker else None
+    child = subprocess.Popen(_worker_command(1), preexec_fn=die_with_parent) if worker else None
     try:
         uvicorn.run("app.main:create_app", factory=True, host=host or settings.api_host,
                     port=port or settings.api_port)

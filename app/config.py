@@ -43,10 +43,29 @@ class Settings(BaseSettings):
     predict_batch_size: int = 64
     predict_max_inputs: int = 1024
 
+    # Keep-alive comments on event streams, so proxies do not close a quiet stream.
+    sse_ping_s: int = 15
     # How often the training callback writes progress to SQL (seconds).
     progress_interval_s: float = 2.0
-    # A running job's lease; the worker renews it while it is alive.
+    # A running job's lease; the worker renews it every lease/4 seconds while it is alive.
     lease_seconds: int = 120
+    # Losses of a job's worker tolerated before the job fails; how often the reaper looks; how long a
+    # queued job waits before its message is sent again (covers a broker restarted without persistence).
+    max_attempts: int = 3
+    reaper_interval_s: float = 10.0
+    requeue_after_s: int = 300
+    # Run the reaper (and webhook delivery) in this API process.
+    housekeeping: bool = True
+    # Checkpoints kept per job (the newest ones; older ones are deleted as new ones are written).
+    keep_checkpoints: int = 3
+
+    # --- webhooks ---
+    # Deliver the webhook outbox from a thread in each API process (claims are atomic across replicas).
+    webhooks_dispatch: bool = True
+    webhook_poll_s: float = Field(default=1.0, gt=0)
+    # Retry wait after the n-th failed attempt: webhook_backoff_s * 2**(n-1), capped at one hour.
+    webhook_backoff_s: float = Field(default=5.0, ge=0)
+    webhook_max_attempts: int = Field(default=8, ge=1)
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000

@@ -1,4 +1,7 @@
-"""create_app(): the API process. Heavy work (training) never runs here; inference runs in threads."""
+"""create_app(): the API process. Heavy work (training) never runs here; inference runs in threads.
+
+Unless FT_HOUSEKEEPING is off (prediction-only replicas), the process also runs two background
+threads: the job reaper and the webhook dispatcher. Both are safe in every replica at once."""
 
 from __future__ import annotations
 
@@ -7,11 +10,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api import files, health, jobs, models
+from app.api import files, health, jobs, models, webhooks
 from app.api.upload_limit import UploadLimit
 from app.config import Settings, get_settings
 from app.errors import install_error_handlers
 from app.ml.inference import ModelCache
+from app.services.reaper import Reaper
+from app.services.webhooks import WebhookDispatcher
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -20,14 +25,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.model_cache = ModelCache(settings.model_cache_size)
+        background = []
+        if settings.housekeeping:
+            background.append(Reaper(settings))
+            if settings.webhooks_dispatch:
+                background.append(WebhookDispatcher(settings))
+        app.state.webhook_dispatcher = next((b for b in background if isinstance(b, WebhookDispatcher)), None)
+        for thread in background:
+            thread.start()
         yield
+        for thread in background:
+            thread.stop()
 
     app = FastAPI(title="Fine-tuning service", version="0.1.0", lifespan=lifespan,
                   description="Fine-tune Hugging Face models on demand. OpenAI fine-tuning API + HF Inference API.")
     app.state.model_cache = ModelCache(settings.model_cache_size)
     install_error_handlers(app)
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
-    for module in (health, files, jobs, models):
+    for module in (health, files, jobs, models, webhooks):
         app.include_router(module.router)
     logging.getLogger("app").setLevel(logging.INFO)
     return app

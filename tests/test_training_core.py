@@ -9,7 +9,11 @@ from app.ml import hyperparams
 from app.ml.tasks import get_task
 from tests.conftest import EXAMPLES
 from worker.callbacks import NullReporter
-from worker.training import SERVICE_CONFIG, DataFile, TrainingSpec, train
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from worker.training import SERVICE_CONFIG, DataFile, TrainingError, TrainingSpec, train
 
 
 def _spec(base_models_dir, **hp):
@@ -32,7 +36,7 @@ class Recorder(NullReporter):
 
     def should_stop(self):
         self.checks += 1
-        return self.stop_after is not None and self.checks >= self.stop_after
+        return "cancel" if self.stop_after is not None and self.checks >= self.stop_after else None
 
 
 def test_trains_and_saves_a_servable_model(base_models_dir, tmp_path):
@@ -54,7 +58,7 @@ def test_trains_and_saves_a_servable_model(base_models_dir, tmp_path):
 def test_stops_cooperatively(base_models_dir, tmp_path):
     outcome = train(_spec(base_models_dir, n_epochs=50), DataFile(EXAMPLES / "sentiment.csv", "csv"), None,
                     tmp_path / "model", Recorder(stop_after=3), progress_interval_s=0)
-    assert outcome.stopped and outcome.steps < 50 * 13
+    assert outcome.stopped == "cancel" and outcome.steps < 50 * 13
     assert not (tmp_path / "model").exists()
 
 
@@ -65,3 +69,31 @@ def test_auto_hyperparameters():
     assert large["batch_size"] == 32 and large["n_epochs"] == 3 and large["max_seq_length"] == 256
     assert hyperparams.resolve({"max_seq_length": 1024}, 10, 512, 1)["max_seq_length"] == 512
     assert "precision" not in small and hyperparams.resolve({"precision": "bf16"}, 10, None, 1)["precision"] == "bf16"
+
+
+class OutOfMemoryAbove(TrainerCallback):
+    """Raises what a GPU raises when a batch does not fit: here, any per-device batch above ``limit``."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if args.per_device_train_batch_size > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def test_out_of_memory_halves_the_batch_and_keeps_the_effective_batch(base_models_dir, tmp_path):
+    reporter = Recorder()
+    outcome = train(_spec(base_models_dir, batch_size=16, n_epochs=1), DataFile(EXAMPLES / "sentiment.csv", "csv"),
+                    None, tmp_path / "model", reporter, extra_callbacks=[OutOfMemoryAbove(4)], progress_interval_s=0)
+    assert outcome.hyperparameters["batch_size"] == 4
+    assert outcome.hyperparameters["gradient_accumulation_steps"] == 4  # 16 × 1 == 4 × 4
+    warnings = [m for kind, m in reporter.events if "Out of GPU memory" in m]
+    assert len(warnings) == 2 and (tmp_path / "model" / "model.safetensors").exists()
+
+
+def test_out_of_memory_at_batch_one_fails_with_advice(base_models_dir, tmp_path):
+    with pytest.raises(TrainingError) as failure:
+        train(_spec(base_models_dir, batch_size=2, n_epochs=1), DataFile(EXAMPLES / "sentiment.csv", "csv"), None,
+              tmp_path / "model", Recorder(), extra_callbacks=[OutOfMemoryAbove(0)], progress_interval_s=0)
+    assert failure.value.code == "out_of_memory" and "max_seq_length" in failure.value.message

@@ -16,7 +16,10 @@ class Reporter(Protocol):
     def event(self, message: str, *, level: str = "info", type: str = "message",
               data: dict[str, Any] | None = None) -> None: ...
 
-    def should_stop(self) -> bool: ...
+    def should_stop(self) -> str | None:
+        """None to go on, "cancel" to stop now, "pause" to save a checkpoint and stop."""
+
+    def checkpoint(self, step: int, epoch: float, path: str, metrics: dict[str, Any]) -> None: ...
 
 
 class NullReporter:
@@ -29,7 +32,10 @@ class NullReporter:
         pass
 
     def should_stop(self):
-        return False
+        return None
+
+    def checkpoint(self, step, epoch, path, metrics):
+        pass
 
 
 class ProgressCallback(TrainerCallback):
@@ -39,7 +45,7 @@ class ProgressCallback(TrainerCallback):
         self.samples_per_step = samples_per_step
         self.tokens_per_sample = tokens_per_sample
         self.interval_s = interval_s
-        self.stop_requested = False
+        self.stop_requested: str | None = None
         self._started = self._last_report = self._last_stop_check = 0.0
         self.latest: dict[str, Any] = {}
 
@@ -64,9 +70,12 @@ class ProgressCallback(TrainerCallback):
         now = time.monotonic()
         if now - self._last_stop_check >= min(1.0, self.interval_s):
             self._last_stop_check = now
-            if self.reporter.should_stop():
-                self.stop_requested = True
+            request = self.reporter.should_stop()
+            if request:
+                self.stop_requested = request
                 control.should_training_stop = True
+                # Pausing saves a checkpoint at this very step, so resuming repeats nothing.
+                control.should_save = request == "pause"
         if now - self._last_report >= self.interval_s:
             self._last_report = now
             self.reporter.progress(self.snapshot(state), self.latest or None)
@@ -75,17 +84,31 @@ class ProgressCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float)) and math.isfinite(v)}
         if "loss" in logs:
-            self.latest.update({"train_loss": logs["loss"], "learning_rate": logs.get("learning_rate"),
+            point = {**self.snapshot(state), "train_loss": logs.pop("loss"), **logs}
+            self.latest.update({"train_loss": point["train_loss"], "learning_rate": point.get("learning_rate"),
                                 "step": state.global_step})
-            self.reporter.event(f"Step {state.global_step}/{state.max_steps}: training loss={logs['loss']:.4f}",
-                                type="metrics", data={**self.snapshot(state), **logs})
+            self.reporter.event(f"Step {state.global_step}/{state.max_steps}: training loss={point['train_loss']:.4f}",
+                                type="metrics", data=point)
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        clean = {k.removeprefix("eval_"): v for k, v in (metrics or {}).items()
-                 if isinstance(v, (int, float)) and not k.endswith(("_runtime", "_per_second"))}
-        self.latest.update({f"eval_{k}": v for k, v in clean.items()})
-        self.reporter.event("Evaluation: " + ", ".join(f"{k}={v:.4f}" for k, v in clean.items()),
+        # Evaluation values keep their eval_ prefix, so they never collide with training values of a step.
+        clean = {k if k.startswith("eval_") else f"eval_{k}": v for k, v in (metrics or {}).items()
+                 if isinstance(v, (int, float)) and not k.endswith(("_runtime", "_per_second")) and k != "epoch"}
+        self.latest.update(clean)
+        self.reporter.event("Evaluation: " + ", ".join(f"{k.removeprefix('eval_')}={v:.4f}" for k, v in clean.items()),
                             type="metrics", data={"step": state.global_step, **clean})
 
     def on_train_end(self, args, state, control, **kwargs):
         self.reporter.progress(self.snapshot(state), self.latest or None)
+
+
+class CheckpointCallback(TrainerCallback):
+    """Tells the reporter about each checkpoint once the Trainer has written (and rotated) it."""
+
+    def __init__(self, reporter: Reporter, progress: ProgressCallback):
+        self.reporter, self.progress = reporter, progress
+
+    def on_save(self, args, state, control, **kwargs):
+        path = f"{args.output_dir}/checkpoint-{state.global_step}"
+        metrics = {k: v for k, v in self.progress.latest.items() if k != "step"}
+        self.reporter.checkpoint(state.global_step, float(state.epoch or 0.0), path, metrics)

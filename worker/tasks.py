@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import threading
 import time
 import traceback
 from typing import Any
@@ -12,14 +13,16 @@ from typing import Any
 from celery.utils.log import get_task_logger
 from sqlalchemy import func, select
 
-from app.config import get_settings
+from app.config import Settings, get_settings
 from app.db import transitions as st
 from app.db.engine import session_scope
 from app.db.events import append_event
-from app.db.models import File, FineTunedModel, Job, now
-from app.ids import short_job_id
+from app.db.models import Checkpoint, File, FineTunedModel, Job, now
+from app.ids import new_id, short_job_id
 from app.ml.base_models import list_base_models
 from app.storage import get_storage
+from app.services.lifecycle import transition
+from app.services.results import write_metrics_csv
 from worker.celery_app import celery_app
 
 log = get_task_logger(__name__)
@@ -30,16 +33,17 @@ def fine_tuned_model_id(job: Job) -> str:
 
 
 class DbReporter:
-    """Progress, events and the cancel flag, through SQL. Also renews the job's lease."""
+    """Progress, events, checkpoints and the cancel/pause flags, through SQL."""
 
-    def __init__(self, job_id: str, lease_seconds: int):
-        self.job_id, self.lease_seconds = job_id, lease_seconds
+    def __init__(self, job: Job, checkpoint_prefix: str):
+        self.job_id, self.project_id = job.id, job.project_id
+        self.model_id = fine_tuned_model_id(job)
+        self.checkpoint_prefix = checkpoint_prefix
 
     def progress(self, progress: dict[str, Any], metrics: dict[str, Any] | None = None) -> None:
         with session_scope() as s:
             job = s.get(Job, self.job_id)
             job.progress = progress
-            job.lease_expires_at = now() + self.lease_seconds
             if progress.get("eta_seconds") is not None:
                 job.estimated_finish = now() + int(progress["eta_seconds"])
             if metrics:
@@ -50,16 +54,60 @@ class DbReporter:
         with session_scope() as s:
             append_event(s, self.job_id, message, level=level, type=type, data=data)
 
-    def should_stop(self) -> bool:
+    def should_stop(self) -> str | None:
         with session_scope() as s:
-            return bool(s.scalar(select(Job.cancel_requested).where(Job.id == self.job_id)))
+            cancel, pause = s.execute(select(Job.cancel_requested, Job.pause_requested)
+                                      .where(Job.id == self.job_id)).one()
+        return "cancel" if cancel else "pause" if pause else None
+
+    def checkpoint(self, step: int, epoch: float, path: str, metrics: dict[str, Any]) -> None:
+        storage = get_storage()
+        with session_scope() as s:
+            # The Trainer rotated old checkpoints away before telling us: forget those too.
+            for old in s.scalars(select(Checkpoint).where(Checkpoint.job_id == self.job_id)):
+                if not storage.local_path(old.storage_key).exists():
+                    s.delete(old)
+            if s.scalar(select(Checkpoint.id).where(Checkpoint.job_id == self.job_id, Checkpoint.step == step)):
+                return  # the same step saved again after a resume
+            model_id = f"{self.model_id}:ckpt-step-{step}"
+            s.add(Checkpoint(id=new_id("ftckpt"), job_id=self.job_id, project_id=self.project_id, step=step,
+                             epoch=epoch, metrics={"step": step, **metrics}, model_id=model_id,
+                             storage_key=f"{self.checkpoint_prefix}/checkpoint-{step}"))
+            append_event(s, self.job_id, f"Checkpoint saved at step {step}; usable for predictions as {model_id}.",
+                         data={"step": step, "fine_tuned_model_checkpoint": model_id})
+
+
+class Heartbeat:
+    """Renews the job's lease from a thread, so that long evaluations or data loading never look
+    like a dead worker, and a dead worker's lease runs out quickly."""
+
+    def __init__(self, job_id: str, lease_seconds: int):
+        self.job_id, self.lease_seconds = job_id, lease_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(max(0.5, self.lease_seconds / 4)):
+            try:
+                with session_scope() as s:
+                    s.execute(Job.__table__.update().where(Job.id == self.job_id, Job.status == st.RUNNING)
+                              .values(lease_expires_at=now() + self.lease_seconds))
+            except Exception:  # a missed beat is not fatal; the lease has slack for three more
+                log.exception("heartbeat for %s failed", self.job_id)
 
 
 def _claim(job_id: str, worker_id: str, lease_seconds: int) -> Job | None:
     with session_scope() as s:
         claimed = st.move(s, job_id, st.QUEUED, st.RUNNING, attempt=Job.attempt + 1, worker_id=worker_id,
-                          lease_expires_at=now() + lease_seconds,
-                          started_at=func.coalesce(Job.started_at, now()))
+                          lease_expires_at=now() + lease_seconds, started_at=func.coalesce(Job.started_at, now()))
         if not claimed:
             return None
         job = s.get(Job, job_id)
@@ -70,8 +118,7 @@ def _claim(job_id: str, worker_id: str, lease_seconds: int) -> Job | None:
 
 def _finish(job_id: str, to: str, message: str, level: str = "info", **fields: Any) -> None:
     with session_scope() as s:
-        if st.move(s, job_id, st.RUNNING, to, finished_at=now(), lease_expires_at=None, **fields):
-            append_event(s, job_id, message, level=level, data={"status": to})
+        transition(s, job_id, st.RUNNING, to, message, level=level, **fields)
 
 
 @celery_app.task(name="worker.tasks.run_job")
@@ -83,7 +130,8 @@ def run_job(job_id: str) -> str:
         log.info("job %s is not queued any more; nothing to do", job_id)
         return "skipped"
     try:
-        return _run_claimed(job, settings)
+        with Heartbeat(job_id, settings.lease_seconds):
+            return _run_claimed(job, settings)
     except Exception as exc:  # any failure ends as a failed job with an error a user can read
         from worker.training import TrainingError
 
@@ -91,14 +139,13 @@ def run_job(job_id: str) -> str:
             error = {"code": exc.code, "message": exc.message}
         else:
             log.error("job %s failed:\n%s", job_id, traceback.format_exc())
-            error = {"code": "training_failed",
-                     "message": f"Training failed: {type(exc).__name__}: {str(exc)[:500]}"}
+            error = {"code": "training_failed", "message": f"Training failed: {type(exc).__name__}: {str(exc)[:500]}"}
         _finish(job_id, st.FAILED, f"Job failed: {error['message']}", level="error", error=error)
         return "failed"
 
 
-def _run_claimed(job: Job, settings) -> str:
-    from worker.training import DataFile, TrainingError, TrainingSpec, resolve_precision, train
+def _run_claimed(job: Job, settings: Settings) -> str:
+    from worker.training import DataFile, TrainingError, TrainingSpec, latest_checkpoint, resolve_precision, train
 
     storage = get_storage()
     base = list_base_models(settings).get(job.model)
@@ -111,10 +158,7 @@ def _run_claimed(job: Job, settings) -> str:
         raise TrainingError("file_not_found", f"Training file {job.training_file} was deleted before training.")
 
     def data(file_id: str | None) -> DataFile | None:
-        if not file_id:
-            return None
-        record = files[file_id]
-        return DataFile(storage.local_path(record.storage_key), record.format)
+        return DataFile(storage.local_path(files[file_id].storage_key), files[file_id].format) if file_id else None
 
     # Precision depends on the device, known only here: the job shows what this worker will use.
     hyperparameters = {**job.hyperparameters,
@@ -123,35 +167,52 @@ def _run_claimed(job: Job, settings) -> str:
         row = s.get(Job, job.id)
         row.hyperparameters = hyperparameters
         row.method = {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}}
+    checkpoint_prefix = f"checkpoints/{job.project_id}/{job.id}"
+    checkpoint_dir = storage.local_path(checkpoint_prefix)
     spec = TrainingSpec(task=job.task, base_model_path=str(base.path), column_mapping=job.column_mapping,
-                        plan=job.training_plan, hyperparameters=hyperparameters, seed=job.seed)
+                        plan=job.training_plan, hyperparameters=hyperparameters, seed=job.seed,
+                        checkpoint_dir=checkpoint_dir, keep_checkpoints=settings.keep_checkpoints,
+                        resume_from=latest_checkpoint(checkpoint_dir))
     work = settings.data_dir.resolve() / "work" / job.id
     output = work / "model"
     shutil.rmtree(work, ignore_errors=True)
-    reporter = DbReporter(job.id, settings.lease_seconds)
     started = time.monotonic()
     try:
-        outcome = train(spec, data(job.training_file), data(job.validation_file), output, reporter,
-                        work_dir=work, progress_interval_s=settings.progress_interval_s)
-        if outcome.stopped:
+        outcome = train(spec, data(job.training_file), data(job.validation_file), output,
+                        DbReporter(job, checkpoint_prefix), work_dir=work,
+                        progress_interval_s=settings.progress_interval_s)
+        if outcome.stopped == "cancel":
             _finish(job.id, st.CANCELLED, "Job cancelled.", trained_tokens=outcome.trained_tokens)
             return "cancelled"
-        model_id = fine_tuned_model_id(job)
-        key = f"models/{job.project_id}/{job.id}"
-        size = storage.import_dir(key, output)
-        with session_scope() as s:
-            s.add(FineTunedModel(id=model_id, project_id=job.project_id, job_id=job.id, base_model=job.model,
-                                 task=job.task, storage_key=key, bytes=size))
-            s.flush()
-            latest = s.get(Job, job.id).progress or {}
-            final_progress = {**latest, "step": outcome.steps, "total_steps": outcome.steps, "percent": 100.0,
-                              "eta_seconds": 0}
-            if not st.move(s, job.id, st.RUNNING, st.SUCCEEDED, finished_at=now(), lease_expires_at=None,
-                           fine_tuned_model=model_id, trained_tokens=outcome.trained_tokens,
-                           metrics=outcome.metrics, progress=final_progress):
-                raise TrainingError("job_state_changed", "The job was moved by someone else while it trained.")
-            append_event(s, job.id, f"Training finished in {time.monotonic() - started:.0f}s; model {model_id} "
-                                    "is ready.", data={"status": st.SUCCEEDED, "metrics": outcome.metrics})
-        return "succeeded"
+        if outcome.stopped == "pause":
+            _finish(job.id, st.PAUSED, f"Job paused at step {outcome.steps}; resume it with POST "
+                                       f"/v1/fine_tuning/jobs/{job.id}/resume.", pause_requested=False)
+            return "paused"
+        return _register_model(job, outcome, output, storage, time.monotonic() - started)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _register_model(job: Job, outcome, output, storage, seconds: float) -> str:
+    from worker.training import TrainingError
+
+    model_id = fine_tuned_model_id(job)
+    key = f"models/{job.project_id}/{job.id}"
+    size = storage.import_dir(key, output)
+    with session_scope() as s:
+        s.add(FineTunedModel(id=model_id, project_id=job.project_id, job_id=job.id, base_model=job.model,
+                             task=job.task, storage_key=key, bytes=size))
+        s.flush()
+        row = s.get(Job, job.id)
+        results = write_metrics_csv(s, storage, row)
+        final_progress = {**(row.progress or {}), "step": outcome.steps, "total_steps": outcome.steps,
+                          "percent": 100.0, "eta_seconds": 0}
+        hyperparameters = {**row.hyperparameters, **{k: outcome.hyperparameters[k] for k in
+                                                      ("batch_size", "gradient_accumulation_steps")}}
+        if not transition(s, job.id, st.RUNNING, st.SUCCEEDED,
+                          f"Training finished in {seconds:.0f}s; model {model_id} is ready.",
+                          data={"metrics": outcome.metrics}, fine_tuned_model=model_id,
+                          trained_tokens=outcome.trained_tokens, metrics=outcome.metrics, progress=final_progress,
+                          result_files=[results.id], hyperparameters=hyperparameters):
+            raise TrainingError("job_state_changed", "The job was moved by someone else while it trained.")
+    return "succeeded"

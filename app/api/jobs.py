@@ -4,11 +4,13 @@ import re
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
+from sse_starlette import EventSourceResponse
 
 from app.api.deps import ProjectDep, SessionDep, SettingsDep
 from app.schemas.common import ListPage, page_of
-from app.schemas.jobs import EventObject, JobCreate, JobObject
+from app.schemas.jobs import CheckpointObject, EventObject, JobCreate, JobObject
 from app.services import jobs as service
+from app.services.event_stream import follow
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 _METADATA_PARAM = re.compile(r"^metadata\[(.+)\]$")
@@ -43,10 +45,45 @@ def cancel_job(job_id: str, session: SessionDep, project: ProjectDep) -> JobObje
     return JobObject.of(service.cancel_job(session, project, job_id))
 
 
-@router.get("/{job_id}/events", response_model=ListPage[EventObject])
-def list_events(job_id: str, session: SessionDep, project: ProjectDep, after: str | None = None,
-                limit: Annotated[int, Query(ge=1, le=1000)] = 20):
+@router.post("/{job_id}/pause", response_model=JobObject)
+def pause_job(job_id: str, session: SessionDep, project: ProjectDep) -> JobObject:
+    return JobObject.of(service.pause_job(session, project, job_id))
+
+
+@router.post("/{job_id}/resume", response_model=JobObject)
+def resume_job(job_id: str, session: SessionDep, settings: SettingsDep, project: ProjectDep) -> JobObject:
+    job = service.resume_job(session, project, job_id)
+    session.commit()
+    service.enqueue(settings, job.id)
+    return JobObject.of(job)
+
+
+@router.get("/{job_id}/events", response_model=ListPage[EventObject],
+            responses={200: {"content": {"text/event-stream": {}}}})
+def list_events(job_id: str, request: Request, session: SessionDep, settings: SettingsDep, project: ProjectDep,
+                after: str | None = None,
+                limit: Annotated[int, Query(ge=1, le=1000)] = 20, stream: bool = False,
+                last_event_id: Annotated[str | None, Header()] = None):
     job = service.get_job(session, project, job_id)
+    if stream or "text/event-stream" in request.headers.get("accept", ""):
+        session.commit()  # gives the connection back: the stream polls with short sessions of its own
+        start = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+        return EventSourceResponse(follow(job.id, start), ping=settings.sse_ping_s)
     page = page_of(service.list_events(session, job, after, limit), limit)
     page["data"] = [EventObject.model_validate(e, from_attributes=True) for e in page["data"]]
     return page
+
+
+@router.get("/{job_id}/checkpoints", response_model=ListPage[CheckpointObject])
+def list_checkpoints(job_id: str, session: SessionDep, project: ProjectDep, after: str | None = None,
+                     limit: Annotated[int, Query(ge=1, le=100)] = 10):
+    job = service.get_job(session, project, job_id)
+    page = page_of(service.list_checkpoints(session, job, after, limit), limit)
+    page["data"] = [CheckpointObject.of(c) for c in page["data"]]
+    return page
+
+
+@router.get("/{job_id}/metrics")
+def job_metrics(job_id: str, session: SessionDep, project: ProjectDep) -> dict:
+    job = service.get_job(session, project, job_id)
+    return {"object": "list", "job_id": job.id, "data": service.metrics_series(session, job)}

@@ -17,7 +17,7 @@ TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 
 ALLOWED: dict[str, frozenset[str]] = {
     VALIDATING: frozenset({QUEUED, FAILED, CANCELLED}),
-    QUEUED: frozenset({RUNNING, FAILED, CANCELLED}),
+    QUEUED: frozenset({RUNNING, FAILED, CANCELLED, PAUSED}),
     # running → queued is a re-queue after a lost worker; running → paused is a cooperative pause.
     RUNNING: frozenset({SUCCEEDED, FAILED, CANCELLED, QUEUED, PAUSED}),
     PAUSED: frozenset({QUEUED, CANCELLED}),

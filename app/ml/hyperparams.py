@@ -20,13 +20,23 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MAX_SEQ_LENGTH_CAP = 256
 
 
+def holdout_rows(train_rows: int, has_validation_file: bool) -> int:
+    """Rows a job without a validation file keeps aside for evaluation: 5%, at most 500, none for
+    files too small to spare any. The worker and the API both use this, so estimates match."""
+    if has_validation_file or train_rows < 50:
+        return 0
+    return min(500, max(5, round(0.05 * train_rows)))
+
+
 def _given(value: Any) -> bool:
     return value is not None and value != "auto"
 
 
 def resolve(requested: dict[str, Any], train_rows: int, model_max_positions: int | None,
-            mean_text_chars: float) -> dict[str, Any]:
+            mean_text_chars: float, has_validation_file: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    evaluates = has_validation_file or holdout_rows(train_rows, False) > 0
+    train_rows -= holdout_rows(train_rows, has_validation_file)
     batch = requested.get("batch_size")
     out["batch_size"] = int(batch) if _given(batch) else (16 if train_rows <= 20_000 else 32)
     epochs = requested.get("n_epochs")
@@ -58,4 +68,21 @@ def resolve(requested: dict[str, Any], train_rows: int, model_max_positions: int
         out["max_seq_length"] = min(MAX_SEQ_LENGTH_CAP, max(128, guess))
     if model_max_positions:
         out["max_seq_length"] = min(out["max_seq_length"], model_max_positions)
+    # Evaluate and checkpoint about five times per job by default; checkpoints fall on evaluation
+    # steps so that early stopping can go back to the best one.
+    total = total_steps(train_rows, out)
+    for key in ("eval_every", "checkpoint_every"):
+        value = requested.get(key)
+        out[key] = int(value) if _given(value) else max(1, math.ceil(total / 5))
+    if not evaluates:
+        out["eval_every"] = None
+    patience = requested.get("early_stopping_patience")
+    out["early_stopping_patience"] = int(patience) if _given(patience) else None
+    if out["early_stopping_patience"] and out["eval_every"]:
+        out["checkpoint_every"] = out["eval_every"]
     return out
+
+
+def total_steps(train_rows: int, hp: dict[str, Any]) -> int:
+    per_step = int(hp["batch_size"]) * int(hp["gradient_accumulation_steps"])
+    return max(1, math.ceil(train_rows / per_step)) * int(hp["n_epochs"])

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.db.models import Job
+from app.db.models import Checkpoint, Job
 
 Auto = Literal["auto"]
 
@@ -25,6 +25,9 @@ class Hyperparameters(BaseModel):
     lr_scheduler: Literal["auto", "linear", "cosine", "constant", "constant_with_warmup", "polynomial",
                           "cosine_with_restarts"] | None = None
     precision: Literal["auto", "fp32", "bf16", "fp16"] | None = None
+    eval_every: int | Auto | None = Field(default=None, description="Evaluate every N optimiser steps.")
+    checkpoint_every: int | Auto | None = Field(default=None, description="Save a resumable checkpoint every N steps.")
+    early_stopping_patience: int | Auto | None = None
 
     def checked(self) -> dict[str, Any]:
         """Range checks that pydantic's types cannot express, each naming its field."""
@@ -32,7 +35,8 @@ class Hyperparameters(BaseModel):
 
         limits = {"n_epochs": (1, 100), "batch_size": (1, 4096), "learning_rate_multiplier": (1e-3, 100),
                   "learning_rate": (1e-8, 1.0), "warmup_ratio": (0.0, 0.5), "weight_decay": (0.0, 1.0),
-                  "gradient_accumulation_steps": (1, 1024), "max_seq_length": (8, 32768)}
+                  "gradient_accumulation_steps": (1, 1024), "max_seq_length": (8, 32768),
+                  "eval_every": (1, 10**7), "checkpoint_every": (1, 10**7), "early_stopping_patience": (1, 1000)}
         values = self.model_dump(exclude_none=True)
         for key, (lo, hi) in limits.items():
             value = values.get(key)
@@ -137,3 +141,18 @@ class EventObject(BaseModel):
     message: str
     data: dict[str, Any] | None = None
     seq: int
+
+
+class CheckpointObject(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    fine_tuning_job_id: str
+    metrics: dict[str, Any]
+    step_number: int
+
+    @classmethod
+    def of(cls, c: Checkpoint) -> "CheckpointObject":
+        return cls(id=c.id, created_at=c.created_at, fine_tuned_model_checkpoint=c.model_id, fine_tuning_job_id=c.job_id,
+                   metrics=c.metrics, step_number=c.step)

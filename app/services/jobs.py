@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import random
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -14,7 +15,8 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.db import transitions as st
 from app.db.events import append_event
-from app.db.models import File, Job, JobEvent, Project, now
+from app.db.models import Checkpoint, File, Job, JobEvent, Project, now
+from app.services.lifecycle import transition
 from app.errors import ApiError, bad_request, not_found
 from app.ids import new_id
 from app.ml import hyperparams
@@ -96,13 +98,13 @@ def create_job(session: Session, settings: Settings, project: Project, body: Job
 
     text_stats = train.profile.get(mapping.get("text", ""), {})
     resolved = hyperparams.resolve(requested_values, train.rows, _model_max_positions(base.path),
-                                   text_stats.get("text_chars_mean", 0.0))
+                                   text_stats.get("text_chars_mean", 0.0), has_validation_file=valid is not None)
     job = Job(
         id=new_id("ftjob"), project_id=project.id, model=body.model, task=task_name, training_file=train.id,
         validation_file=valid.id if valid else None, suffix=body.suffix or None,
         seed=body.seed if body.seed is not None else random.randint(0, 2**31 - 1), metadata_=body.metadata,
         method={"type": "supervised", "supervised": {"hyperparameters": resolved}}, hyperparameters=resolved,
-        column_mapping=mapping, training_plan=plan, status=st.QUEUED, attempt=0, created_at=now(),
+        column_mapping=mapping, training_plan=plan, status=st.QUEUED, attempt=0, created_at=now(), enqueued_at=now(),
         idempotency_key=idempotency_key, request_hash=request_hash,
     )
     session.add(job)
@@ -170,15 +172,57 @@ def cancel_job(session: Session, project: Project, job_id: str) -> Job:
     if job.status in st.TERMINAL:
         raise ApiError(409, f"Job {job_id} has already {job.status}; there is nothing to cancel.",
                        param="fine_tuning_job_id", code="job_not_cancellable")
-    if st.move(session, job_id, frozenset({st.QUEUED, st.PAUSED, st.VALIDATING}), st.CANCELLED, finished_at=now()):
-        append_event(session, job_id, "Job cancelled.", data={"status": st.CANCELLED})
-    else:
-        # Running: the training callback sees the flag within a few steps and stops cooperatively.
+    if not transition(session, job_id, frozenset({st.QUEUED, st.PAUSED, st.VALIDATING}), st.CANCELLED,
+                      "Job cancelled."):
+        # Running: the training callback sees the flag within a second and stops cooperatively.
         job.cancel_requested = True
         append_event(session, job_id, "Cancellation requested; the worker will stop at the next step.")
     session.flush()
     session.refresh(job)
     return job
+
+
+def pause_job(session: Session, project: Project, job_id: str) -> Job:
+    job = get_job(session, project, job_id)
+    if job.status not in (st.QUEUED, st.RUNNING):
+        raise ApiError(409, f"Job {job_id} is {job.status}; only queued or running jobs can be paused.",
+                       param="fine_tuning_job_id", code="job_not_pausable")
+    if not transition(session, job_id, st.QUEUED, st.PAUSED, "Job paused before it started."):
+        job.pause_requested = True
+        append_event(session, job_id, "Pause requested; the worker will save a checkpoint and stop.")
+    session.flush()
+    session.refresh(job)
+    return job
+
+
+def resume_job(session: Session, project: Project, job_id: str) -> Job:
+    job = get_job(session, project, job_id)
+    if not transition(session, job_id, st.PAUSED, st.QUEUED, "Job resumed; it continues from its last checkpoint.",
+                      enqueued_at=now(), pause_requested=False):
+        raise ApiError(409, f"Job {job_id} is {job.status}; only paused jobs can be resumed.",
+                       param="fine_tuning_job_id", code="job_not_resumable")
+    session.flush()
+    session.refresh(job)
+    return job
+
+
+def list_checkpoints(session: Session, job: Job, after: str | None, limit: int) -> list[Checkpoint]:
+    query = select(Checkpoint).where(Checkpoint.job_id == job.id)
+    if after:
+        query = query.where(Checkpoint.id < after)
+    return list(session.scalars(query.order_by(Checkpoint.id.desc()).limit(limit + 1)))
+
+
+def metrics_series(session: Session, job: Job) -> list[dict[str, Any]]:
+    """The job's per-step metrics, oldest first: training logs and evaluations, merged by step."""
+    rows = session.scalars(select(JobEvent).where(JobEvent.job_id == job.id, JobEvent.type == "metrics")
+                           .order_by(JobEvent.seq))
+    by_step: dict[int, dict[str, Any]] = {}
+    for event in rows:
+        data = event.data or {}
+        point = by_step.setdefault(int(data.get("step", 0)), {"step": int(data.get("step", 0))})
+        point.update({k: v for k, v in data.items() if isinstance(v, (int, float)) and k != "step"})
+    return [by_step[k] for k in sorted(by_step)]
 
 
 def list_events(session: Session, job: Job, after: str | None, limit: int) -> list[JobEvent]:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.db.models import FineTunedModel, Project
+from app.db.models import Checkpoint, FineTunedModel, Job, Project
 from app.errors import ApiError, bad_request, not_found
 from app.ml.base_models import list_base_models
 
@@ -46,10 +47,23 @@ def get_model(session: Session, settings: Settings, project: Project, model_id: 
     raise not_found("model", model_id, "model")
 
 
-def require_fine_tuned(session: Session, settings: Settings, project: Project, model_id: str) -> FineTunedModel:
+@dataclass(frozen=True)
+class Servable:
+    """Something predictions can be served from: a fine-tuned model or one of its checkpoints."""
+
+    id: str
+    task: str
+    storage_key: str
+
+
+def require_fine_tuned(session: Session, settings: Settings, project: Project, model_id: str) -> Servable:
     tuned = get_fine_tuned(session, project, model_id)
     if tuned is not None:
-        return tuned
+        return Servable(tuned.id, tuned.task, tuned.storage_key)
+    checkpoint = session.scalar(select(Checkpoint).where(Checkpoint.model_id == model_id,
+                                                         Checkpoint.project_id == project.id))
+    if checkpoint is not None:
+        return Servable(checkpoint.model_id, session.get(Job, checkpoint.job_id).task, checkpoint.storage_key)
     if model_id in list_base_models(settings):
         raise bad_request(f"'{model_id}' is a base model; predictions are served by fine-tuned models "
                           "(ft:…). Fine-tune it first.", "model", code="model_not_fine_tuned")

@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.cli import die_with_parent
+
 REPO = Path(__file__).resolve().parents[2]
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
@@ -64,8 +66,10 @@ def free_port() -> int:
 
 class LiveStack:
     def __init__(self, root: Path, base_models_dir: Path, database_url: str | None = None,
-                 broker_url: str | None = None):
+                 broker_url: str | None = None, embedded_worker: bool = True, **settings: str):
         self.root = root
+        self.embedded_worker = embedded_worker
+        self.workers: list[subprocess.Popen] = []
         self.port = free_port()
         self.key = f"sk-live-{uuid.uuid4().hex}"
         self.url = f"http://127.0.0.1:{self.port}"
@@ -73,7 +77,10 @@ class LiveStack:
         self.env = {**os.environ, "FT_DATA_DIR": str(root / "data"), "FT_BASE_MODELS_DIR": str(base_models_dir),
                     "FT_BOOTSTRAP_API_KEY": self.key, "FT_API_PORT": str(self.port),
                     "FT_PROGRESS_INTERVAL_S": "0.5", "FT_MAX_UPLOAD_BYTES": str(64 * 1024 * 1024),
-                    "PYTHONUNBUFFERED": "1"}
+                    "PYTHONUNBUFFERED": "1",
+                    # A queue of its own: workers of other stacks on the same broker never take its jobs.
+                    "FT_GPU_QUEUE": f"gpu-{uuid.uuid4().hex[:8]}",
+                    **{f"FT_{k.upper()}": str(v) for k, v in settings.items()}}
         for var, value in (("FT_DATABASE_URL", database_url), ("FT_BROKER_URL", broker_url)):
             if value:
                 self.env[var] = value
@@ -84,8 +91,9 @@ class LiveStack:
     @contextmanager
     def running(self):
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=REPO, env=self.env,
-                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            command = [sys.executable, "-m", "app.cli", "serve"] + ([] if self.embedded_worker else ["--no-worker"])
+            self.process = subprocess.Popen(command, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True, preexec_fn=die_with_parent)
         try:
             self._wait_ready()
             yield self
@@ -105,7 +113,30 @@ class LiveStack:
             time.sleep(0.5)
         raise RuntimeError(f"the service was not ready in {timeout}s:\n{self.log()}")
 
+    def start_worker(self) -> subprocess.Popen:
+        """A separate real worker (main process + pool child) in its own process group."""
+        with open(self.log_path, "ab") as log:
+            worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", self.env["FT_GPU_QUEUE"],
+                                       "--concurrency", "1", "--loglevel", "INFO", "-n", f"w{len(self.workers)}@%h"],
+                                      cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                      start_new_session=True, preexec_fn=die_with_parent)
+        self.workers.append(worker)
+        return worker
+
+    @staticmethod
+    def kill_worker(worker: subprocess.Popen) -> None:
+        """kill -9 of the worker and its pool child: no chance to clean up, as in a machine crash."""
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+
     def stop(self) -> None:
+        for worker in self.workers:
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGTERM)
+                try:
+                    worker.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(worker.pid, signal.SIGKILL)
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)  # what Ctrl-C does: API and worker stop together
             try:
@@ -120,12 +151,17 @@ class LiveStack:
     def client(self, key: str | None = None) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key or self.key}"}, timeout=120)
 
-    def wait_for_job(self, job_id: str, timeout: float = 300) -> dict:
+    def wait_for_job(self, job_id: str, timeout: float = 300, until=lambda job: job["status"] in TERMINAL) -> dict:
         deadline = time.monotonic() + timeout
         with self.client() as c:
             while time.monotonic() < deadline:
                 job = c.get(f"/v1/fine_tuning/jobs/{job_id}").json()
-                if job["status"] in TERMINAL:
+                if until(job):
                     return job
-                time.sleep(0.5)
-        raise AssertionError(f"job {job_id} did not finish in {timeout}s; last state {job}\n{self.log()}")
+                time.sleep(0.2)
+        raise AssertionError(f"job {job_id} did not reach the state in {timeout}s; last {job}\n{self.log()}")
+
+    def events(self, job_id: str) -> list[dict]:
+        """Every event of the job, oldest first."""
+        with self.client() as c:
+            return c.get(f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": 1000}).json()["data"][::-1]
