@@ -235,3 +235,19 @@ def test_webhook_delivered_when_a_job_succeeds(stack):
         assert event["data"]["fine_tuned_model"].startswith("ft:tiny/bert:")
     finally:
         server.close()
+
+
+def test_api_restart_loses_nothing(base_models_dir, tmp_path):
+    """The API holds no state of its own: restarted mid-job, it serves the same job, whose worker went on."""
+    with postgres_database() as db_url:
+        live = LiveStack(tmp_path, base_models_dir, database_url=db_url, broker_url=redis_url(11),
+                         embedded_worker=False, **FAST_LEASES)
+        with live.running():
+            live.start_worker()
+            job_id = _start_job(live, n_epochs=15)
+            live.wait_for_job(job_id, until=lambda j: (j["progress"] or {}).get("step", 0) > 20, timeout=120)
+            live.stop_api()
+            with live.running():
+                done = live.wait_for_job(job_id, timeout=240)
+                assert done["status"] == "succeeded" and done["attempt"] == 1, live.log()
+                _assert_continuous(live.events(job_id))

@@ -23,9 +23,12 @@ celery_app.conf.update(
     # A fresh child process per job: GPU memory and any leaked state go with it.
     worker_max_tasks_per_child=1,
     task_ignore_result=True,
-    # Redis redelivers an unacknowledged message after the visibility timeout, even to a live worker
-    # still training: make it longer than any job. Lost workers are found by their lease instead.
-    broker_transport_options={"visibility_timeout": 30 * 24 * 3600},
     broker_connection_retry_on_startup=True,
     broker_connection_max_retries=None,  # a broker restart is waited out, never fatal to a worker
 )
+
+if settings.resolved_broker_url.startswith(("redis://", "rediss://")):
+    # Redis redelivers an unacknowledged message after the visibility timeout, even to a live worker
+    # still training: make it longer than any job. Lost workers are found by their lease instead.
+    # (Other transports take no such option; the SQLAlchemy one would pass it to create_engine.)
+    celery_app.conf.broker_transport_options = {"visibility_timeout": 30 * 24 * 3600}

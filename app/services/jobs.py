@@ -172,14 +172,8 @@ def cancel_job(session: Session, project: Project, job_id: str) -> Job:
     if job.status in st.TERMINAL:
         raise ApiError(409, f"Job {job_id} has already {job.status}; there is nothing to cancel.",
                        param="fine_tuning_job_id", code="job_not_cancellable")
-    if not transition(session, job_id, frozenset({st.QUEUED, st.PAUSED, st.VALIDATING}), st.CANCELLED,
-                      "Job cancelled."):
-        # Running: the training callback sees the flag within a second and stops cooperatively.
-        job.cancel_requested = True
-        append_event(session, job_id, "Cancellation requested; the worker will stop at the next step.")
-    session.flush()
-    session.refresh(job)
-    return job
+    return _stop(session, job, st.CANCELLED, frozenset({st.QUEUED, st.PAUSED, st.VALIDATING}), "Job cancelled.",
+                 "cancel_requested", "Cancellation requested; the worker will stop at the next step.")
 
 
 def pause_job(session: Session, project: Project, job_id: str) -> Job:
@@ -187,9 +181,17 @@ def pause_job(session: Session, project: Project, job_id: str) -> Job:
     if job.status not in (st.QUEUED, st.RUNNING):
         raise ApiError(409, f"Job {job_id} is {job.status}; only queued or running jobs can be paused.",
                        param="fine_tuning_job_id", code="job_not_pausable")
-    if not transition(session, job_id, st.QUEUED, st.PAUSED, "Job paused before it started."):
-        job.pause_requested = True
-        append_event(session, job_id, "Pause requested; the worker will save a checkpoint and stop.")
+    return _stop(session, job, st.PAUSED, st.QUEUED, "Job paused before it started.",
+                 "pause_requested", "Pause requested; the worker will save a checkpoint and stop.")
+
+
+def _stop(session: Session, job: Job, to: str, idle: str | frozenset[str], idle_message: str, flag: str,
+          flag_message: str) -> Job:
+    """A job no worker holds moves at once; a running one gets a flag that its training callback reads
+    within a second (cooperative: the worker is never killed)."""
+    if not transition(session, job.id, idle, to, idle_message):
+        setattr(job, flag, True)
+        append_event(session, job.id, flag_message)
     session.flush()
     session.refresh(job)
     return job

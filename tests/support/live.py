@@ -130,6 +130,10 @@ class LiveStack:
         worker.wait()
 
     def stop(self) -> None:
+        self.stop_workers()
+        self.stop_api()
+
+    def stop_workers(self) -> None:
         for worker in self.workers:
             if worker.poll() is None:
                 os.killpg(worker.pid, signal.SIGTERM)
@@ -137,6 +141,9 @@ class LiveStack:
                     worker.wait(timeout=20)
                 except subprocess.TimeoutExpired:
                     os.killpg(worker.pid, signal.SIGKILL)
+
+    def stop_api(self) -> None:
+        """Stops `finetune serve` (and the worker it embeds, if any), as Ctrl-C would."""
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)  # what Ctrl-C does: API and worker stop together
             try:
