@@ -157,7 +157,7 @@ def train(spec: TrainingSpec, train_file: DataFile, valid_file: DataFile | None,
 def _fit(spec, task, tokenizer, hp, train_set, eval_set, reporter, tokens_per_epoch, progress_interval_s,
          work_dir, resume_from, extra_callbacks):
     import torch
-    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments
+    from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
 
     model = task.load_model(spec.base_model_path, spec.plan)
     model.config.ft_max_seq_length = int(hp["max_seq_length"])
@@ -204,7 +204,7 @@ def _fit(spec, task, tokenizer, hp, train_set, eval_set, reporter, tokens_per_ep
     trainer = Trainer(
         model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
         processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if on_gpu else None),
+        data_collator=task.collator(tokenizer, pad_to_multiple_of=8 if on_gpu else None),
         compute_metrics=lambda p: task.metrics(p.predictions, p.label_ids, spec.plan),
         callbacks=callbacks,
     )

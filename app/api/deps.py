@@ -14,7 +14,9 @@ from app.errors import ApiError
 from app.services.projects import project_for_key
 from app.storage import LocalStorage, get_storage
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": the transaction commits when the handler returns, before the response is sent, so a
+# client that gets a 200 can immediately read what it just created (read-your-writes across requests).
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StorageDep = Annotated[LocalStorage, Depends(get_storage)]
 
@@ -28,4 +30,4 @@ def current_project(session: SessionDep, authorization: Annotated[str | None, He
     return project
 
 
-ProjectDep = Annotated[Project, Depends(current_project)]
+ProjectDep = Annotated[Project, Depends(current_project, scope="function")]

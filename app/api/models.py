@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict
 from app.api.deps import ProjectDep, SessionDep, SettingsDep, StorageDep
 from app.errors import bad_request
 from app.ml.inference import predict
-from app.ml.tasks import FieldProblem
+from app.ml.tasks import FieldProblem, get_task
 from app.services import models as service
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -39,9 +39,12 @@ async def predict_route(model_id: str, body: PredictRequest, request: Request, s
     cache = request.app.state.model_cache
     try:
         loaded = await run_in_threadpool(cache.get, tuned.id, tuned.task, storage.local_path(tuned.storage_key))
-        return await run_in_threadpool(predict, loaded, inputs, body.parameters, settings.predict_batch_size)
+        outputs = await run_in_threadpool(predict, loaded, inputs, body.parameters, settings.predict_batch_size)
     except FieldProblem as problem:
         raise bad_request(problem.message, problem.param) from None
+    if not isinstance(body.inputs, list) and not get_task(tuned.task).nests_single_output:
+        return outputs[0]
+    return outputs
 
 
 @router.get("/{model_id:path}")

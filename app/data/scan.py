@@ -208,8 +208,13 @@ def scan_file(path: Path, filename: str = "") -> ScanResult:
 def iter_records(path: Path, fmt: str) -> Iterator[dict[str, Any]]:
     """The rows of an already-validated file, typed exactly as the scan saw them (training reads
     through here too, so what was validated is what is trained on). Rows with errors are skipped."""
-    for _line, record in _records(path, fmt, ScanResult(format=fmt)):
+    for _line, record in iter_numbered_records(path, fmt):
         yield record
+
+
+def iter_numbered_records(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line or row number, record) pairs, for checks that must name where a row is."""
+    return _records(path, fmt, ScanResult(format=fmt))
 
 
 def _records(path: Path, fmt: str, result: ScanResult) -> Iterator[tuple[int, dict[str, Any]]]:

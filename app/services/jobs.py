@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.config import Settings
+from app.data.scan import iter_numbered_records
 from app.db import transitions as st
 from app.db.events import append_event
 from app.db.models import Checkpoint, File, Job, JobEvent, Project, now
@@ -23,6 +24,7 @@ from app.ml import hyperparams
 from app.ml.base_models import list_base_models
 from app.ml.tasks import FieldProblem, get_task
 from app.schemas.jobs import JobCreate
+from app.storage import get_storage
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,11 @@ def create_job(session: Session, settings: Settings, project: Project, body: Job
     task = get_task(task_name)
     try:
         plan = task.plan(mapping, train.profile, valid.profile if valid else None)
+        storage = get_storage()
+        for record, param in ((train, "training_file"), (valid, "validation_file")):
+            if record is not None:
+                task.check_rows(iter_numbered_records(storage.local_path(record.storage_key), record.format),
+                                mapping, param)
     except FieldProblem as problem:
         raise bad_request(problem.message, problem.param) from None
 

@@ -8,9 +8,10 @@ from typing import Any
 from app.ml.tasks.base import FieldProblem, Task
 from app.ml.tasks.classification import TextClassification
 from app.ml.tasks.regression import TextRegression
+from app.ml.tasks.token_classification import TokenClassification
 
 # Detection order matters: the first task whose detect() accepts a file wins.
-TASKS: dict[str, Task] = {t.name: t for t in (TextClassification(), TextRegression())}
+TASKS: dict[str, Task] = {t.name: t for t in (TokenClassification(), TextClassification(), TextRegression())}
 
 
 def get_task(name: str) -> Task:

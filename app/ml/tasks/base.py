@@ -25,6 +25,9 @@ class Task(ABC):
     name: str
     # role → required; a column mapping gives each role a column of the file.
     roles: dict[str, bool]
+    # The HF Inference API answers one input of some tasks (text classification) as a list holding one
+    # output, and of others (token classification) with the bare output.
+    nests_single_output: bool = True
 
     @abstractmethod
     def detect(self, profile: dict[str, Any]) -> dict[str, str] | None:
@@ -47,6 +50,16 @@ class Task(ABC):
     @abstractmethod
     def tokenize(self, batch: dict[str, list], tokenizer, plan: dict[str, Any], max_length: int) -> dict[str, list]:
         """A batch of canonical rows → model inputs (no padding: the collator pads per batch)."""
+
+    def check_rows(self, records, mapping: dict[str, str], file_param: str) -> None:
+        """Row-level checks the column profile cannot answer (e.g. two lists of equal length per
+        row), run over the file's records before the job is queued; raise FieldProblem naming the line."""
+
+    def collator(self, tokenizer, pad_to_multiple_of: int | None):
+        """Pads each batch to its own longest row (dynamic padding)."""
+        from transformers import DataCollatorWithPadding
+
+        return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
 
     @abstractmethod
     def load_model(self, path: str, plan: dict[str, Any]):
