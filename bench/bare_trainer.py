@@ -9,12 +9,12 @@ Used by the realism test (the service must be at least as accurate) and runnable
 
 from __future__ import annotations
 
-import argparse
 import csv
-import json
 import tempfile
 import time
 from pathlib import Path
+
+from bench.baseline_cli import baseline_main
 
 
 def read_rows(path: Path, limit: int, text_column: str = "sentence", label_column: str = "label"):
@@ -59,14 +59,7 @@ def run(model_path: str, train_rows, eval_rows, **training_args) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--train", type=Path, required=True)
-    parser.add_argument("--eval", type=Path, required=True)
-    parser.add_argument("--train-rows", type=int, default=2000)
-    parser.add_argument("--eval-rows", type=int, default=500)
-    ns = parser.parse_args()
-    print(json.dumps(run(ns.model, read_rows(ns.train, ns.train_rows), read_rows(ns.eval, ns.eval_rows)), indent=2))
+    baseline_main(__doc__, run, read_rows, eval_rows=500)
 
 
 if __name__ == "__main__":

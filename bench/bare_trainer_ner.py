@@ -8,11 +8,12 @@ sub-tokens, entity-level F1 with seqeval.
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
 from pathlib import Path
+
+from bench.baseline_cli import baseline_main
 
 
 def read_rows(path: Path, limit: int) -> list[dict]:
@@ -75,14 +76,7 @@ def run(model_path: str, train_rows: list[dict], eval_rows: list[dict], **traini
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--train", type=Path, required=True)
-    parser.add_argument("--eval", type=Path, required=True)
-    parser.add_argument("--train-rows", type=int, default=2000)
-    parser.add_argument("--eval-rows", type=int, default=1000)
-    ns = parser.parse_args()
-    print(json.dumps(run(ns.model, read_rows(ns.train, ns.train_rows), read_rows(ns.eval, ns.eval_rows)), indent=2))
+    baseline_main(__doc__, run, read_rows, eval_rows=1000)
 
 
 if __name__ == "__main__":
