@@ -18,6 +18,10 @@ import typer
 
 from app.config import get_settings
 
+# Longer than the idle time of client connection pools (httpx: 5 s), so the server never closes a
+# kept-alive connection just as a client reuses it (a "connection reset" the client cannot tell apart).
+KEEP_ALIVE_S = 65
+
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
 
@@ -65,7 +69,7 @@ def serve(host: str = typer.Option(None), port: int = typer.Option(None), worker
     child = subprocess.Popen(_worker_command(1), preexec_fn=die_with_parent) if worker else None
     try:
         uvicorn.run("app.main:create_app", factory=True, host=host or settings.api_host,
-                    port=port or settings.api_port)
+                    port=port or settings.api_port, timeout_keep_alive=KEEP_ALIVE_S)
     finally:
         if child and child.poll() is None:
             child.send_signal(signal.SIGTERM)  # warm shutdown: a running job's message goes back to the queue
@@ -83,7 +87,7 @@ def api(host: str = typer.Option(None), port: int = typer.Option(None), workers:
     settings = get_settings()
     _prepare()
     uvicorn.run("app.main:create_app", factory=True, host=host or settings.api_host,
-                port=port or settings.api_port, workers=workers)
+                port=port or settings.api_port, workers=workers, timeout_keep_alive=KEEP_ALIVE_S)
 
 
 @cli.command()

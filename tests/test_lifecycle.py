@@ -201,7 +201,8 @@ def test_openai_sdk_follows_and_controls_jobs(stack):
     from openai import OpenAI
 
     stack.start_worker()
-    client = OpenAI(base_url=f"{stack.url}/v1", api_key=stack.key, max_retries=0)
+    # The SDK's default retries, as real clients run it: a job-control test spans idle minutes.
+    client = OpenAI(base_url=f"{stack.url}/v1", api_key=stack.key)
     job_id = _start_job(stack, n_epochs=30)
     stack.wait_for_job(job_id, until=lambda j: len(_checkpoints(stack, j["id"])) >= 1, timeout=180)
     assert client.fine_tuning.jobs.pause(job_id).id == job_id
