@@ -47,3 +47,4 @@ def test_minilm_sst2_matches_bare_trainer(embedded_stack, record_property):
     record_property("bare_train_seconds", bare["train_seconds"])
     assert service_accuracy >= bare["accuracy"] - 0.01, (service_accuracy, bare, done["hyperparameters"])
 
+

@@ -20,7 +20,7 @@ def _spec(base_models_dir, **hp):
     profile = scan_file(EXAMPLES / "sentiment.csv").profile()
     mapping = {"text": "text", "label": "label"}
     plan = get_task("text-classification").plan(mapping, profile, None)
-    resolved = hyperparams.resolve({"learning_rate": 2e-3, "n_epochs": 6, **hp}, 200, 128, 30)
+    resolved = hyperparams.resolve({"learning_rate": 2e-3, "n_epochs": 6, "batch_size": 16, **hp}, 200, 128, 30)
     return TrainingSpec("text-classification", str(base_models_dir / "tiny" / "bert"), mapping, plan, resolved, seed=3)
 
 
@@ -64,7 +64,7 @@ def test_stops_cooperatively(base_models_dir, tmp_path):
 
 def test_auto_hyperparameters():
     small = hyperparams.resolve({}, 200, 512, 40)
-    assert small["batch_size"] == 16 and small["n_epochs"] == 10 and small["max_seq_length"] == 128
+    assert small["batch_size"] == 8 and small["n_epochs"] == 10 and small["max_seq_length"] == 128
     large = hyperparams.resolve({}, 60_000, 512, 600)
     assert large["batch_size"] == 32 and large["n_epochs"] == 3 and large["max_seq_length"] == 256
     assert hyperparams.resolve({"max_seq_length": 1024}, 10, 512, 1)["max_seq_length"] == 512
