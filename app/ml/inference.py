@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.ml.artifacts import load_for_inference
 from app.ml.tasks import get_task
 
 
@@ -27,7 +28,7 @@ class ModelCache:
         self._guard = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
 
-    def get(self, model_id: str, task: str, path: Path) -> LoadedModel:
+    def get(self, model_id: str, task: str, path: Path, base_path: Path | None = None) -> LoadedModel:
         with self._guard:
             if model_id in self._models:
                 self._models.move_to_end(model_id)
@@ -37,7 +38,7 @@ class ModelCache:
             with self._guard:
                 if model_id in self._models:
                     return self._models[model_id]
-            loaded = _load(task, path)
+            loaded = _load(task, path, base_path)
             with self._guard:
                 self._models[model_id] = loaded
                 self._loading.pop(model_id, None)
@@ -53,15 +54,9 @@ class ModelCache:
         return model_id in self._models
 
 
-def _load(task_name: str, path: Path) -> LoadedModel:
-    import torch
-    from transformers import AutoTokenizer
-
-    task = get_task(task_name)
-    model = task.load_trained(str(path))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device).eval()
-    return LoadedModel(task_name, model, AutoTokenizer.from_pretrained(str(path)), threading.Lock())
+def _load(task_name: str, path: Path, base_path: Path | None) -> LoadedModel:
+    task, model, tokenizer = load_for_inference(path, task_name, base_path)
+    return LoadedModel(task.name, model, tokenizer, threading.Lock())
 
 
 def predict(loaded: LoadedModel, inputs: list[Any], parameters: dict[str, Any], batch_size: int) -> list[Any]:

@@ -11,6 +11,21 @@ from app.db.models import Checkpoint, Job
 Auto = Literal["auto"]
 
 
+class Adapter(BaseModel):
+    """Parameter-efficient fine-tuning: train a LoRA adapter instead of every weight."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["lora"] = "lora"
+    r: int | None = Field(default=None, ge=1, le=512, description="LoRA rank (default 16).")
+    alpha: float | None = Field(default=None, gt=0, le=4096, description="LoRA scaling (default 2·r).")
+    dropout: float | None = Field(default=None, ge=0, lt=1)
+    target_modules: list[str] | str | None = Field(default=None, description="Modules to adapt (default: "
+                                                                             "per architecture).")
+    merge: bool = Field(default=False, description="Fold the adapter into the base weights when training ends "
+                                                   "and store a standalone model.")
+
+
 class Hyperparameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -28,6 +43,9 @@ class Hyperparameters(BaseModel):
     eval_every: int | Auto | None = Field(default=None, description="Evaluate every N optimiser steps.")
     checkpoint_every: int | Auto | None = Field(default=None, description="Save a resumable checkpoint every N steps.")
     early_stopping_patience: int | Auto | None = None
+    completion_only_loss: bool | None = Field(default=None, description="text-generation: train on the completion "
+                                                                        "/ assistant tokens only (default true).")
+    adapter: Adapter | None = None
 
     def checked(self) -> dict[str, Any]:
         """Range checks that pydantic's types cannot express, each naming its field."""
@@ -37,7 +55,7 @@ class Hyperparameters(BaseModel):
                   "learning_rate": (1e-8, 1.0), "warmup_ratio": (0.0, 0.5), "weight_decay": (0.0, 1.0),
                   "gradient_accumulation_steps": (1, 1024), "max_seq_length": (8, 32768),
                   "eval_every": (1, 10**7), "checkpoint_every": (1, 10**7), "early_stopping_patience": (1, 1000)}
-        values = self.model_dump(exclude_none=True)
+        values = self.model_dump(exclude_none=True, exclude={"adapter"})
         for key, (lo, hi) in limits.items():
             value = values.get(key)
             if value is not None and value != "auto" and not lo <= value <= hi:
@@ -73,6 +91,10 @@ class JobCreate(BaseModel):
     integrations: list[Any] | None = None
     task: str = "auto"
     column_mapping: dict[str, str] | None = None
+    adapter: Adapter | None = None
+    chat_template: str | None = Field(default=None, max_length=50_000,
+                                      description="text-generation: a Jinja chat template for base models "
+                                                  "that have none (or to replace theirs).")
 
 
 class JobError(BaseModel):

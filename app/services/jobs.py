@@ -21,8 +21,9 @@ from app.services.lifecycle import transition
 from app.errors import ApiError, bad_request, not_found
 from app.ids import new_id
 from app.ml import hyperparams
+from app.ml.adapters import resolve_adapter
 from app.ml.base_models import list_base_models
-from app.ml.tasks import FieldProblem, get_task
+from app.ml.tasks import TASKS, FieldProblem, get_task
 from app.schemas.jobs import JobCreate
 from app.storage import get_storage
 
@@ -86,6 +87,7 @@ def create_job(session: Session, settings: Settings, project: Project, body: Job
                           code="unsupported_method")
     requested = (method.supervised.hyperparameters if method.supervised else None) or body.hyperparameters
     requested_values = requested.checked() if requested else {}
+    adapter_request = body.adapter or (requested.adapter if requested else None)
 
     base = _base_model(settings, body.model)
     train = _usable_file(session, project, body.training_file, "training_file")
@@ -93,8 +95,19 @@ def create_job(session: Session, settings: Settings, project: Project, body: Job
 
     task_name, mapping = _task_and_mapping(body, train)
     task = get_task(task_name)
+    for key in set(requested_values) - set(task.default_hyperparameters):
+        if any(key in other.default_hyperparameters for other in TASKS.values()):
+            raise bad_request(f"{key} applies to other tasks than {task_name}.",
+                              f"method.supervised.hyperparameters.{key}")
     try:
         plan = task.plan(mapping, train.profile, valid.profile if valid else None)
+        if body.chat_template is not None:
+            if "chat_template" not in plan:
+                raise FieldProblem("chat_template", f"chat_template applies to text-generation jobs, not {task_name}.")
+            plan["chat_template"] = body.chat_template
+        task.check_base_model(base.path, base.model_type, plan)
+        adapter = resolve_adapter(adapter_request.model_dump(exclude_none=True) if adapter_request else None,
+                                  base.model_type, base.path)
         storage = get_storage()
         for record, param in ((train, "training_file"), (valid, "validation_file")):
             if record is not None:
@@ -103,9 +116,10 @@ def create_job(session: Session, settings: Settings, project: Project, body: Job
     except FieldProblem as problem:
         raise bad_request(problem.message, problem.param) from None
 
-    text_stats = train.profile.get(mapping.get("text", ""), {})
-    resolved = hyperparams.resolve(requested_values, train.rows, _model_max_positions(base.path),
-                                   text_stats.get("text_chars_mean", 0.0), has_validation_file=valid is not None)
+    mean_chars = sum(train.profile.get(mapping.get(role, ""), {}).get("text_chars_mean", 0.0)
+                     for role in task.length_roles)
+    resolved = hyperparams.resolve(requested_values, train.rows, _model_max_positions(base.path), mean_chars,
+                                   has_validation_file=valid is not None, task=task, adapter=adapter)
     job = Job(
         id=new_id("ftjob"), project_id=project.id, model=body.model, task=task_name, training_file=train.id,
         validation_file=valid.id if valid else None, suffix=body.suffix or None,

@@ -54,16 +54,18 @@ class Servable:
     id: str
     task: str
     storage_key: str
+    base_model: str
 
 
 def require_fine_tuned(session: Session, settings: Settings, project: Project, model_id: str) -> Servable:
     tuned = get_fine_tuned(session, project, model_id)
     if tuned is not None:
-        return Servable(tuned.id, tuned.task, tuned.storage_key)
+        return Servable(tuned.id, tuned.task, tuned.storage_key, tuned.base_model)
     checkpoint = session.scalar(select(Checkpoint).where(Checkpoint.model_id == model_id,
                                                          Checkpoint.project_id == project.id))
     if checkpoint is not None:
-        return Servable(checkpoint.model_id, session.get(Job, checkpoint.job_id).task, checkpoint.storage_key)
+        job = session.get(Job, checkpoint.job_id)
+        return Servable(checkpoint.model_id, job.task, checkpoint.storage_key, job.model)
     if model_id in list_base_models(settings):
         raise bad_request(f"'{model_id}' is a base model; predictions are served by fine-tuned models "
                           "(ft:…). Fine-tune it first.", "model", code="model_not_fine_tuned")
@@ -80,3 +82,9 @@ def delete_model(session: Session, settings: Settings, project: Project, model_i
     session.delete(tuned)
     session.flush()
     return tuned
+
+
+def base_model_path(settings: Settings, servable: Servable):
+    """Where this deployment keeps the servable's base model (adapters are loaded onto it)."""
+    base = list_base_models(settings).get(servable.base_model)
+    return base.path if base is not None else None

@@ -1,5 +1,6 @@
-"""Tiny random base models, built offline in seconds: a WordPiece tokenizer trained with `tokenizers`
-on a small corpus, and a 2-layer BERT. Real enough to train, save, load and serve end to end."""
+"""Tiny random base models, built offline in seconds: tokenizers trained with `tokenizers` on a small
+corpus, and 2-layer BERT (encoder), GPT-2 (decoder) and T5 (encoder-decoder) models. Real enough to
+train, save, load and serve end to end."""
 
 from __future__ import annotations
 
@@ -42,9 +43,57 @@ def build_tiny_bert(path: Path) -> Path:
     return path
 
 
+def build_tiny_gpt2(path: Path) -> Path:
+    """A byte-level BPE tokenizer and a 2-layer GPT-2, without a chat template (jobs pass one)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    path.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=500, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS * 5, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                                   unk_token="<|endoftext|>", model_max_length=256)
+    fast.save_pretrained(str(path))
+    eos = fast.convert_tokens_to_ids("<|endoftext|>")
+    config = GPT2Config(vocab_size=len(fast), n_embd=32, n_layer=2, n_head=2, n_positions=256, bos_token_id=eos,
+                        eos_token_id=eos)
+    GPT2LMHeadModel(config).save_pretrained(str(path), safe_serialization=True)
+    return path
+
+
+def build_tiny_t5(path: Path) -> Path:
+    """A WordPiece tokenizer ending each text with </s>, and a 2-layer T5 encoder-decoder."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+
+    path.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.WordPiece(unk_token="<unk>"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.train_from_iterator(CORPUS * 5, trainers.WordPieceTrainer(vocab_size=400,
+                                                                  special_tokens=["<pad>", "</s>", "<unk>"]))
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                       special_tokens=[("</s>", tok.token_to_id("</s>"))])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                   model_max_length=256)
+    fast.save_pretrained(str(path))
+    config = T5Config(vocab_size=len(fast), d_model=32, d_ff=64, d_kv=16, num_layers=2, num_heads=2,
+                      pad_token_id=fast.pad_token_id, eos_token_id=fast.eos_token_id,
+                      decoder_start_token_id=fast.pad_token_id)
+    T5ForConditionalGeneration(config).save_pretrained(str(path), safe_serialization=True)
+    return path
+
+
 def build_base_models(root: Path) -> Path:
     """The folder layout an operator uses: ``<root>/<org>/<name>`` with safetensors + tokenizer."""
     build_tiny_bert(root / "tiny" / "bert")
+    build_tiny_gpt2(root / "tiny" / "gpt2")
+    build_tiny_t5(root / "tiny" / "t5")
     # Valid config and tokenizer but damaged weights: passes validation, fails when the worker loads it.
     broken = root / "tiny" / "broken"
     build_tokenizer(broken)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 TEXT_NAMES = ("text", "sentence", "content", "review", "document", "input", "question", "sentence1", "premise")
@@ -21,6 +22,16 @@ class FieldProblem(Exception):
     message: str
 
 
+# Which list of model types each Auto class accepts (to refuse a base model before queueing).
+_MAPPING_NAMES = {
+    "AutoModelForSequenceClassification": "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
+    "AutoModelForTokenClassification": "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES",
+    "AutoModelForQuestionAnswering": "MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES",
+    "AutoModelForSeq2SeqLM": "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES",
+    "AutoModelForCausalLM": "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
+}
+
+
 class Task(ABC):
     name: str
     # role → required; a column mapping gives each role a column of the file.
@@ -28,6 +39,20 @@ class Task(ABC):
     # The HF Inference API answers one input of some tasks (text classification) as a list holding one
     # output, and of others (token classification) with the bare output.
     nests_single_output: bool = True
+    # The transformers Auto class that puts this task's head on a base model, and peft's name for it.
+    auto_model: str = "AutoModelForSequenceClassification"
+    peft_task_type: str = "SEQ_CLS"
+    # The roles whose text lengths size max_seq_length, and the cap on the automatic choice.
+    length_roles: tuple[str, ...] = ("text", "text_pair")
+    max_seq_length_cap: int = 256
+    # Seq2seq tasks score generated text, so evaluation runs generate() (Seq2SeqTrainer).
+    evaluates_generations: bool = False
+    # Causal LMs are scored by loss alone: gathering vocabulary-sized logits would exhaust memory.
+    metrics_from_predictions: bool = True
+    # The model inputs that are targets (Trainer's label_names).
+    label_names: tuple[str, ...] = ("labels",)
+    # Hyperparameters only this task has, with their defaults.
+    default_hyperparameters: dict[str, Any] = {}
 
     @abstractmethod
     def detect(self, profile: dict[str, Any]) -> dict[str, str] | None:
@@ -43,35 +68,66 @@ class Task(ABC):
         """Check the files against the mapping (raising FieldProblem) and return what training needs
         to know about them (label names, target scaling), stored on the job."""
 
+    def check_base_model(self, path: Path, model_type: str, plan: dict[str, Any]) -> None:
+        """Raise FieldProblem when the base model cannot take this task (wrong architecture, no chat
+        template…), before anything is queued."""
+        from transformers.models.auto import modeling_auto
+
+        names = getattr(modeling_auto, _MAPPING_NAMES[self.auto_model])
+        if model_type not in names:
+            raise FieldProblem("model", f"The base model is a '{model_type}', which has no {self.name} head in "
+                                        f"transformers. Pick a base model of one of these types: "
+                                        f"{', '.join(sorted(names)[:12])}, ….")
+
     @abstractmethod
     def row(self, record: dict[str, Any], mapping: dict[str, str], plan: dict[str, Any]) -> dict[str, Any]:
         """One file record → the task's canonical columns (``text``, ``text_pair``, ``labels``)."""
 
     @abstractmethod
     def tokenize(self, batch: dict[str, list], tokenizer, plan: dict[str, Any], max_length: int) -> dict[str, list]:
-        """A batch of canonical rows → model inputs (no padding: the collator pads per batch)."""
+        """A batch of canonical rows → model inputs (no padding: the collator pads per batch). May
+        return more or fewer rows than it got (long QA contexts become several windows)."""
 
     def check_rows(self, records, mapping: dict[str, str], file_param: str) -> None:
         """Row-level checks the column profile cannot answer (e.g. two lists of equal length per
         row), run over the file's records before the job is queued; raise FieldProblem naming the line."""
 
-    def collator(self, tokenizer, pad_to_multiple_of: int | None):
+    def prepare_tokenizer(self, tokenizer, plan: dict[str, Any]):
+        """Adjust a base model's tokenizer for this task (a pad token, a chat template)."""
+        return tokenizer
+
+    def collator(self, tokenizer, model, pad_to_multiple_of: int | None):
         """Pads each batch to its own longest row (dynamic padding)."""
         from transformers import DataCollatorWithPadding
 
         return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
 
-    @abstractmethod
+    def model_kwargs(self, plan: dict[str, Any]) -> dict[str, Any]:
+        """How the new head is configured (number and names of labels)."""
+        return {}
+
     def load_model(self, path: str, plan: dict[str, Any]):
         """The base model with this task's head, configured from the plan."""
+        return self._auto_class().from_pretrained(path, **self.model_kwargs(plan), use_safetensors=True,
+                                                  trust_remote_code=False)
 
-    @abstractmethod
     def load_trained(self, path: str):
-        """A model this service fine-tuned for this task, ready for inference."""
+        """A model this service fine-tuned for this task (full weights), ready for inference."""
+        return self._auto_class().from_pretrained(path, use_safetensors=True, trust_remote_code=False)
+
+    def _auto_class(self):
+        import transformers
+
+        return getattr(transformers, self.auto_model)
 
     @abstractmethod
-    def metrics(self, predictions, labels, plan: dict[str, Any]) -> dict[str, float]:
-        """Evaluation metrics from the model's raw outputs and the reference labels."""
+    def metrics(self, predictions, labels, plan: dict[str, Any], features=None, tokenizer=None) -> dict[str, float]:
+        """Evaluation metrics from the model's raw outputs and the reference labels. ``features`` is
+        the tokenized evaluation set, for tasks that map windows back to examples."""
+
+    def derived_metrics(self, evaluated: dict[str, float]) -> dict[str, float]:
+        """Metrics computed from the others (perplexity from loss), added to every evaluation."""
+        return {}
 
     @abstractmethod
     def predict(self, model, tokenizer, inputs: list[Any], parameters: dict[str, Any]) -> list[Any]:
@@ -134,3 +190,9 @@ def require_text(profile: dict[str, Any], column: str, param: str, file_param: s
     if {"list", "dict"} & set(kinds):
         bad = min(stats["kind_lines"].get(k, 10**12) for k in ("list", "dict"))
         raise FieldProblem(param, f"Column '{column}' of {file_param} has a non-text value on line {bad}.")
+
+
+def labels_config(labels: list[str]) -> dict[str, Any]:
+    """The config fields that name a classification head's outputs."""
+    return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+            "label2id": {label: i for i, label in enumerate(labels)}}

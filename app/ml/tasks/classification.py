@@ -4,13 +4,13 @@ from __future__ import annotations
 
 
 from app.data.scan import value_key
-from app.ml.tasks.base import FieldProblem, dominant_kind, require_no_missing
+from app.ml.tasks.base import FieldProblem, dominant_kind, labels_config, require_no_missing
 from app.ml.tasks.sequence import SequenceTask
 
 MAX_CLASSES = 1000
 
 
-def _sorted_labels(keys: list[str]) -> list[str]:
+def sorted_labels(keys: list[str]) -> list[str]:
     # Integer labels keep their numeric order (so label 10 follows 9); text labels sort alphabetically.
     try:
         return sorted(keys, key=lambda k: float(k))
@@ -42,7 +42,7 @@ class TextClassification(SequenceTask):
         if stats["distinct"] is None:
             raise FieldProblem("column_mapping.label", f"Column '{column}' has more than {MAX_CLASSES} distinct "
                                                        "labels; is it the right column?")
-        labels = _sorted_labels(list(stats["distinct"]))
+        labels = sorted_labels(list(stats["distinct"]))
         if len(labels) < 2:
             raise FieldProblem("column_mapping.label", f"Column '{column}' has only one class ({labels[0]!r}); "
                                                        "classification needs examples of at least two classes.")
@@ -59,17 +59,10 @@ class TextClassification(SequenceTask):
         index = {label: i for i, label in enumerate(plan["labels"])}
         return {**self.row_inputs(record, mapping), "labels": index[value_key(record[mapping["label"]])]}
 
-    def load_model(self, path, plan):
-        from transformers import AutoModelForSequenceClassification
+    def model_kwargs(self, plan):
+        return {**labels_config(plan["labels"]), "problem_type": "single_label_classification"}
 
-        labels = plan["labels"]
-        return AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=len(labels), id2label=dict(enumerate(labels)),
-            label2id={label: i for i, label in enumerate(labels)}, problem_type="single_label_classification",
-            use_safetensors=True, trust_remote_code=False,
-        )
-
-    def metrics(self, predictions, labels, plan):
+    def metrics(self, predictions, labels, plan, features=None, tokenizer=None):
         import numpy as np
         from sklearn.metrics import accuracy_score, f1_score
 
@@ -79,8 +72,11 @@ class TextClassification(SequenceTask):
 
     def predict(self, model, tokenizer, inputs, parameters):
         probabilities = self.forward(model, tokenizer, inputs, parameters).softmax(-1)
-        top_k = parameters.get("top_k")
-        id2label = model.config.id2label
+        return self.ranked(probabilities, model.config.id2label, parameters.get("top_k"))
+
+    @staticmethod
+    def ranked(probabilities, id2label, top_k) -> list[list[dict]]:
+        """Scores → the HF text-classification shape: each input's labels, best first."""
         outputs = []
         for row in probabilities.tolist():
             ranked = sorted(((id2label[i], p) for i, p in enumerate(row)), key=lambda x: -x[1])

@@ -44,11 +44,11 @@ class TextRegression(SequenceTask):
         value = (float(record[mapping["label"]]) - plan["target_mean"]) / plan["target_std"]
         return {**self.row_inputs(record, mapping), "labels": value}
 
-    def load_model(self, path, plan):
-        from transformers import AutoModelForSequenceClassification
+    def model_kwargs(self, plan):
+        return {"num_labels": 1, "problem_type": "regression"}
 
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=1, problem_type="regression", use_safetensors=True, trust_remote_code=False)
+    def load_model(self, path, plan):
+        model = super().load_model(path, plan)
         # Saved in config.json, so inference can undo the scaling without the job at hand.
         model.config.ft_target_mean = plan["target_mean"]
         model.config.ft_target_std = plan["target_std"]
@@ -56,7 +56,7 @@ class TextRegression(SequenceTask):
         model.config.label2id = {plan["target_name"]: 0}
         return model
 
-    def metrics(self, predictions, labels, plan):
+    def metrics(self, predictions, labels, plan, features=None, tokenizer=None):
         import numpy as np
         from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 

@@ -58,11 +58,6 @@ class SequenceTask(Task):
         encoded["labels"] = batch["labels"]
         return encoded
 
-    def load_trained(self, path):
-        from transformers import AutoModelForSequenceClassification
-
-        return AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True, trust_remote_code=False)
-
     def forward(self, model, tokenizer, inputs: list[Any], parameters: dict[str, Any]):
         import torch
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.data.scan import value_key
-from app.ml.tasks.base import FieldProblem, Task, find_column, require_column, require_no_missing
+from app.ml.tasks.base import FieldProblem, Task, find_column, labels_config, require_column, require_no_missing
 
 TOKEN_NAMES = ("tokens", "words", "token")
 TAG_NAMES = ("ner_tags", "tags", "labels", "label", "ner", "pos_tags")
@@ -38,6 +38,9 @@ class TokenClassification(Task):
     name = "token-classification"
     roles = {"tokens": True, "tags": True}
     nests_single_output = False
+    auto_model = "AutoModelForTokenClassification"
+    peft_task_type = "TOKEN_CLS"
+    length_roles = ("tokens",)
 
     def guess_mapping(self, profile):
         mapping = {}
@@ -112,25 +115,15 @@ class TokenClassification(Task):
         encoded["labels"] = aligned
         return encoded
 
-    def collator(self, tokenizer, pad_to_multiple_of):
+    def collator(self, tokenizer, model, pad_to_multiple_of):
         from transformers import DataCollatorForTokenClassification
 
         return DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
 
-    def load_model(self, path, plan):
-        from transformers import AutoModelForTokenClassification
+    def model_kwargs(self, plan):
+        return labels_config(plan["labels"])
 
-        labels = plan["labels"]
-        return AutoModelForTokenClassification.from_pretrained(
-            path, num_labels=len(labels), id2label=dict(enumerate(labels)),
-            label2id={label: i for i, label in enumerate(labels)}, use_safetensors=True, trust_remote_code=False)
-
-    def load_trained(self, path):
-        from transformers import AutoModelForTokenClassification
-
-        return AutoModelForTokenClassification.from_pretrained(path, use_safetensors=True, trust_remote_code=False)
-
-    def metrics(self, predictions, labels, plan):
+    def metrics(self, predictions, labels, plan, features=None, tokenizer=None):
         import numpy as np
         from seqeval.metrics import accuracy_score, f1_score, precision_score, recall_score
 

@@ -1,0 +1,194 @@
+"""Causal-LM supervised fine-tuning: ``{"prompt", "completion"}`` rows, or chat ``{"messages": [...]}``
+rendered with the tokenizer's chat template (or one given with the job). By default only the
+completion / assistant tokens are trained on, so the model learns to answer rather than to echo
+prompts. Evaluated by loss and perplexity; served as HF text-generation and OpenAI completions."""
+
+from __future__ import annotations
+
+import math
+
+from app.ml.tasks.base import FieldProblem, Task, find_column, require_column, require_text
+
+PROMPT_NAMES = ("prompt", "instruction")
+COMPLETION_NAMES = ("completion", "response", "chosen")
+MESSAGES_NAMES = ("messages", "conversation", "conversations")
+ROLES = ("system", "user", "assistant", "developer", "tool")
+IGNORE = -100
+# Stand-in conversation used to check that a chat template renders before a job is queued.
+PROBE = [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi!"}]
+
+
+def render(tokenizer, messages, add_generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def assistant_spans(tokenizer, messages) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character span of each assistant turn (its end-of-turn
+    marker included, so the model learns to stop). A turn's span is what rendering it adds after
+    the generation prompt; a template whose renderings are not prefixes of each other gives none."""
+    full = render(tokenizer, messages)
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prefix = render(tokenizer, messages[:i], add_generation_prompt=True)
+        upto = render(tokenizer, messages[: i + 1])
+        if upto.startswith(prefix) and full.startswith(upto):
+            spans.append((len(prefix), len(upto)))
+    return full, spans
+
+
+def turn_end_ids(tokenizer) -> list[int]:
+    """The special token that closes an assistant turn in the chat template (``<|im_end|>``,
+    ``<|eot_id|>``…): generation stops there, as it does at end of text."""
+    full = render(tokenizer, PROBE)
+    after = full[full.rindex(PROBE[-1]["content"]) + len(PROBE[-1]["content"]):]
+    ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after.strip() else []
+    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
+    return ids[:1] if ids and ids[0] in special else []
+
+
+class TextGeneration(Task):
+    name = "text-generation"
+    roles = {"prompt": False, "completion": False, "messages": False}
+    auto_model = "AutoModelForCausalLM"
+    peft_task_type = "CAUSAL_LM"
+    length_roles = ("prompt", "completion", "messages")
+    max_seq_length_cap = 1024
+    metrics_from_predictions = False
+    default_hyperparameters = {"completion_only_loss": True}
+
+    def guess_mapping(self, profile):
+        messages = find_column(profile, MESSAGES_NAMES)
+        if messages:
+            return {"messages": messages}
+        mapping = {}
+        for role, names in (("prompt", PROMPT_NAMES), ("completion", COMPLETION_NAMES)):
+            column = find_column(profile, names, "str")
+            if column:
+                mapping[role] = column
+        return mapping
+
+    def detect(self, profile):
+        mapping = self.guess_mapping(profile)
+        if "messages" in mapping:
+            stats = profile[mapping["messages"]]
+            return mapping if set(stats.get("kinds") or {}) == {"list"} and \
+                set(stats.get("item_kinds") or {}) == {"dict"} else None
+        return mapping if len(mapping) == 2 else None
+
+    def _check_columns(self, mapping, profile, file_param):
+        if mapping.get("messages"):
+            stats = require_column(profile, mapping["messages"], "column_mapping.messages", file_param)
+            bad = {k: line for k, line in (stats.get("kind_lines") or {}).items() if k != "list"}
+            if bad or set(stats.get("item_kinds") or {}) - {"dict"}:
+                line = min(bad.values(), default=None)
+                raise FieldProblem("column_mapping.messages", f"Column '{mapping['messages']}' of {file_param} must "
+                                   "hold a list of {\"role\", \"content\"} messages on every row"
+                                   + (f" (line {line} does not)." if line else "."))
+            return
+        for role in ("prompt", "completion"):
+            if not mapping.get(role):
+                raise FieldProblem(f"column_mapping.{role}", "Map either column_mapping.messages (chat) or both "
+                                   "column_mapping.prompt and column_mapping.completion.")
+            require_text(profile, mapping[role], f"column_mapping.{role}", file_param)
+
+    def plan(self, mapping, train, valid):
+        self._check_columns(mapping, train, "training_file")
+        if valid is not None:
+            self._check_columns(mapping, valid, "validation_file")
+        return {"format": "messages" if mapping.get("messages") else "prompt_completion", "chat_template": None}
+
+    def check_rows(self, records, mapping, file_param):
+        if not mapping.get("messages"):
+            return
+        for line, record in records:
+            messages = record.get(mapping["messages"])
+            for message in messages or []:
+                if not isinstance(message, dict) or message.get("role") not in ROLES or \
+                        not isinstance(message.get("content"), str):
+                    raise FieldProblem("column_mapping.messages", f"Line {line} of {file_param}: each message needs "
+                                       f"a role ({', '.join(ROLES)}) and a text content; got {str(message)[:80]}.")
+            if not any(m["role"] == "assistant" for m in messages or []):
+                raise FieldProblem("column_mapping.messages", f"Line {line} of {file_param} has no assistant "
+                                   "message: there is nothing to learn from it.")
+
+    def check_base_model(self, path, model_type, plan):
+        super().check_base_model(path, model_type, plan)
+        if plan["format"] != "messages":
+            return
+        from transformers import AutoTokenizer
+
+        tokenizer = self.prepare_tokenizer(AutoTokenizer.from_pretrained(str(path)), plan)
+        if not tokenizer.chat_template:
+            raise FieldProblem("chat_template", "The base model's tokenizer has no chat template, so chat messages "
+                               "cannot be turned into text. Pass 'chat_template' (a Jinja template, as in "
+                               "tokenizer_config.json) with the job, or upload prompt/completion rows instead.")
+        try:
+            render(tokenizer, PROBE, add_generation_prompt=True)
+        except Exception as exc:
+            raise FieldProblem("chat_template", f"The chat template does not render: {exc}") from None
+
+    def prepare_tokenizer(self, tokenizer, plan):
+        if plan.get("chat_template"):
+            tokenizer.chat_template = plan["chat_template"]
+        if tokenizer.pad_token is None:  # GPT-2-style models have none; padding is masked anyway
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer
+
+    def row(self, record, mapping, plan):
+        if plan["format"] == "messages":
+            messages = [{"role": m["role"], "content": m["content"]} for m in record[mapping["messages"]]]
+            return {"messages": messages, "prompt": None, "completion": None}
+        return {"messages": None, "prompt": str(record[mapping["prompt"]]),
+                "completion": str(record[mapping["completion"]])}
+
+    def tokenize(self, batch, tokenizer, plan, max_length):
+        completion_only = plan.get("completion_only_loss", True)
+        ids_out, labels_out = [], []
+        for messages, prompt, completion in zip(batch["messages"], batch["prompt"], batch["completion"]):
+            if messages is not None:
+                text, spans = assistant_spans(tokenizer, messages)
+                encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
+                                    truncation=True, max_length=max_length)
+                ids = encoded["input_ids"]
+                trained = [any(s <= start < e for s, e in spans) or not spans
+                           for start, _ in encoded["offset_mapping"]]
+            else:
+                prompt_ids = tokenizer(prompt)["input_ids"]
+                answer = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+                ids = (prompt_ids + answer)[:max_length]
+                trained = ([False] * len(prompt_ids) + [True] * len(answer))[:max_length]
+            labels = [t if keep or not completion_only else IGNORE for t, keep in zip(ids, trained)]
+            ids_out.append(ids)
+            labels_out.append(labels)
+        return {"input_ids": ids_out, "attention_mask": [[1] * len(i) for i in ids_out], "labels": labels_out}
+
+    def collator(self, tokenizer, model, pad_to_multiple_of):
+        from transformers import DataCollatorForSeq2Seq
+
+        # Pads input_ids and attention_mask, and labels with IGNORE so padding is never trained on.
+        return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE, pad_to_multiple_of=pad_to_multiple_of)
+
+    def load_model(self, path, plan):
+        model = super().load_model(path, plan)
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = model.config.eos_token_id
+        return model
+
+    def metrics(self, predictions, labels, plan, features=None, tokenizer=None):
+        return {}
+
+    def derived_metrics(self, evaluated):
+        loss = evaluated.get("eval_loss")
+        return {"eval_perplexity": math.exp(min(loss, 50.0))} if loss is not None else {}
+
+    def predict(self, model, tokenizer, inputs, parameters):
+        from app.ml.generation import generate
+
+        for item in inputs:
+            if not isinstance(item, str):
+                raise FieldProblem("inputs", "Each input must be a prompt string.")
+        results = generate(model, tokenizer, list(inputs), parameters, default_new_tokens=64)
+        full = bool(parameters.get("return_full_text", False))
+        return [{"generated_text": (prompt if full else "") + r.text} for prompt, r in zip(inputs, results)]

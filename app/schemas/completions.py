@@ -1,0 +1,50 @@
+"""OpenAI chat-completion and completion requests, as the OpenAI SDKs send them. Fields this service
+does not use are accepted and ignored (SDKs send some by default), except those that would change the
+answer in a way it cannot honour (n > 1, tools), which are refused by name."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):  # content parts: only text parts are meaningful here
+            return "".join(part.get("text", "") for part in self.content if part.get("type") == "text")
+        return self.content or ""
+
+
+class Sampling(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str
+    max_tokens: int | None = Field(default=None, ge=1, le=4096)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    stop: str | list[str] | None = None
+    stream: bool = False
+    n: int = Field(default=1, ge=1, le=1, description="One choice per request.")
+    seed: int | None = None
+
+    def parameters(self) -> dict[str, Any]:
+        return {"max_new_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p,
+                "stop": self.stop}
+
+
+class ChatCompletionRequest(Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=4096)
+    tools: None = Field(default=None, description="Tool calling is not supported.")
+
+    def parameters(self) -> dict[str, Any]:
+        return {**super().parameters(), "max_new_tokens": self.max_completion_tokens or self.max_tokens}
+
+
+class CompletionRequest(Sampling):
+    prompt: str | list[str]
+    echo: bool = False
