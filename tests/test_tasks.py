@@ -213,3 +213,43 @@ def test_adapter_records_its_base_models_id(pg_stack, trained):
     folder = next((pg_stack.root / "data" / "storage" / "models").glob(f"*/{job['id']}"))
     assert json.loads((folder / "finetune_service.json").read_text())["base_model"] == "tiny/bert"
     assert Path(json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]).is_dir()
+
+
+def test_lora_checkpoints_serve_on_their_own(pg_stack, trained):
+    job = trained[("question-answering", "lora")]
+    with pg_stack.client() as c:
+        checkpoints = c.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"]
+        assert checkpoints, job
+        answer = c.post(f"/v1/models/{checkpoints[0]['fine_tuned_model_checkpoint']}/predict",
+                        json={"inputs": CASES["question-answering"][2]})
+    assert answer.status_code == 200 and set(answer.json()) == {"answer", "score", "start", "end"}, answer.text
+
+
+def test_bad_generation_parameters_name_the_field(pg_stack, trained):
+    model = trained[("text-generation", "full")]["fine_tuned_model"]
+    with pg_stack.client() as c:
+        response = c.post(f"/v1/models/{model}/predict", json={"inputs": "hi", "parameters": {"temperature": 9}})
+        assert response.status_code == 400
+        assert response.json()["error"]["param"] == "parameters.temperature"
+        response = c.post(f"/v1/models/{model}/predict", json={"inputs": {"question": "q"}})
+        assert response.status_code == 400 and response.json()["error"]["param"] == "inputs"
+        response = c.post("/v1/completions", json={"model": model, "prompt": "hi", "stream": True, "stop": [""]})
+        assert response.status_code == 400 and response.json()["error"]["param"] == "stop"
+
+
+def test_download_holds_weights_config_and_tokenizer_but_no_pickles(pg_stack, trained):
+    import io
+    import tarfile
+
+    job = trained[("question-answering", "lora")]
+    with pg_stack.client() as c:
+        checkpoint = c.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"][0]
+        downloads = {name: c.get(f"/v1/models/{name}/download") for name in
+                     (job["fine_tuned_model"], checkpoint["fine_tuned_model_checkpoint"])}
+        assert c.get("/v1/models/ft:nope:x:y/download").status_code == 404
+    for name, response in downloads.items():
+        assert response.status_code == 200 and response.headers["content-type"] == "application/gzip", name
+        names = set(tarfile.open(fileobj=io.BytesIO(response.content), mode="r:gz").getnames())
+        assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json",
+                "finetune_service.json"} <= names, names
+        assert not any(n.endswith((".pt", ".pth", ".bin", ".pkl")) for n in names), names

@@ -3,6 +3,9 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+from starlette.background import BackgroundTask
 from pydantic import BaseModel, ConfigDict
 
 from app.api.deps import ProjectDep, SessionDep, SettingsDep, StorageDep
@@ -39,6 +42,17 @@ async def predict_route(model_id: str, body: PredictRequest, request: Request, s
     if not isinstance(body.inputs, list) and not get_task(loaded.task).nests_single_output:
         return outputs[0]
     return outputs
+
+
+@router.get("/{model_id:path}/download")
+async def download_model(model_id: str, session: SessionDep, settings: SettingsDep, storage: StorageDep,
+                         project: ProjectDep) -> FileResponse:
+    """The model as a .tar.gz: safetensors weights (or the LoRA adapter), config and tokenizer."""
+    servable = service.require_fine_tuned(session, settings, project, model_id)
+    archive = await run_in_threadpool(service.archive, storage.local_path(servable.storage_key))
+    filename = model_id.replace("/", "_").replace(":", "_") + ".tar.gz"
+    return FileResponse(archive, media_type="application/gzip", filename=filename,
+                        background=BackgroundTask(archive.unlink, missing_ok=True))
 
 
 @router.get("/{model_id:path}")

@@ -12,6 +12,9 @@ from app.ml.adapters import adapter_base_path, is_adapter_folder, load_adapter
 from app.ml.tasks import get_task
 
 SERVICE_CONFIG = "finetune_service.json"
+# What a download may hold: weights as safetensors, configs, tokenizer and template files. Checkpoint
+# folders also hold optimizer and RNG state as pickles (for resuming), which are never handed out.
+DOWNLOADABLE = (".safetensors", ".json", ".jinja", ".txt", ".model", ".md")
 
 
 def read_service_config(path: Path) -> dict[str, Any]:
@@ -44,3 +47,14 @@ def load_for_inference(path: Path, task_name: str, base_path: Path | None):
     model.to(device).eval()
     tokenizer = task.prepare_tokenizer(AutoTokenizer.from_pretrained(str(path)), plan)
     return task, model, tokenizer
+
+
+def write_archive(path: Path, target) -> None:
+    """A gzipped tar of the model folder's downloadable files (``target``: a path or a file object)."""
+    import tarfile
+
+    with tarfile.open(fileobj=target, mode="w:gz") if hasattr(target, "write") else \
+            tarfile.open(target, "w:gz") as archive:
+        for file in sorted(path.iterdir()):
+            if file.is_file() and file.name.endswith(DOWNLOADABLE):
+                archive.add(file, arcname=file.name)

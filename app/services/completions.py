@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from app.errors import bad_request
-from app.ml.generation import Generated, generate, stream
+from app.ml.generation import Generated, generate, generation_kwargs, stream
 from app.ml.inference import LoadedModel
 from app.ml.tasks.text_generation import render, turn_end_ids
 from app.schemas.completions import ChatCompletionRequest, CompletionRequest
@@ -75,9 +75,20 @@ def _sse(payload: dict[str, Any] | str) -> str:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
 
 
-def chat_stream(loaded: LoadedModel, body: ChatCompletionRequest, prompt: str) -> Iterator[str]:
-    """SSE lines of ``chat.completion.chunk`` objects, then ``[DONE]``. A sync generator: Starlette
-    iterates it in a worker thread, so generation never blocks the event loop."""
+def _checked_for_streaming(body) -> None:
+    """Everything that can fail on the request fails before the stream (and its 200) starts."""
+    generation_kwargs(body.parameters(), 1)
+
+
+def chat_stream(loaded: LoadedModel, body: ChatCompletionRequest) -> Iterator[str]:
+    """SSE lines of ``chat.completion.chunk`` objects, then ``[DONE]``. The chunks come from a sync
+    generator: Starlette iterates it in a worker thread, so generation never blocks the event loop."""
+    prompt = chat_prompt(loaded, body)
+    _checked_for_streaming(body)
+    return _chat_chunks(loaded, body, prompt)
+
+
+def _chat_chunks(loaded: LoadedModel, body: ChatCompletionRequest, prompt: str) -> Iterator[str]:
     head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time()),
             "model": body.model, "system_fingerprint": None}
 
@@ -99,6 +110,13 @@ def chat_stream(loaded: LoadedModel, body: ChatCompletionRequest, prompt: str) -
 
 
 def completion_stream(loaded: LoadedModel, body: CompletionRequest) -> Iterator[str]:
+    if not isinstance(body.prompt, str):
+        raise bad_request("Streaming takes a single prompt string.", "prompt")
+    _checked_for_streaming(body)
+    return _completion_chunks(loaded, body)
+
+
+def _completion_chunks(loaded: LoadedModel, body: CompletionRequest) -> Iterator[str]:
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
             "model": body.model, "system_fingerprint": None}
     with loaded.lock:

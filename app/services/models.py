@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -11,6 +14,7 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.db.models import Checkpoint, FineTunedModel, Job, Project
 from app.errors import ApiError, bad_request, not_found
+from app.ml.artifacts import write_archive
 from app.ml.base_models import list_base_models
 
 
@@ -88,3 +92,11 @@ def base_model_path(settings: Settings, servable: Servable):
     """Where this deployment keeps the servable's base model (adapters are loaded onto it)."""
     base = list_base_models(settings).get(servable.base_model)
     return base.path if base is not None else None
+
+
+def archive(folder: Path) -> Path:
+    """A temporary .tar.gz of a stored model folder; the caller deletes it once sent."""
+    handle, name = tempfile.mkstemp(suffix=".tar.gz")
+    os.close(handle)
+    write_archive(folder, Path(name))
+    return Path(name)

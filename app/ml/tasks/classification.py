@@ -26,11 +26,7 @@ class TextClassification(SequenceTask):
         return kind in ("str", "bool") or (kind == "number" and stats["all_integer"] and stats["distinct"] is not None)
 
     def plan(self, mapping, train, valid):
-        self.mapping_param_missing(mapping)
-        self.check_inputs(mapping, train, "training_file")
-        column = mapping["label"]
-        stats = train[column]
-        require_no_missing(stats, column, "column_mapping.label", "training_file")
+        column, stats = self.training_labels(mapping, train)
         kinds = stats.get("kinds") or {}
         if {"list", "dict"} & set(kinds):
             raise FieldProblem("column_mapping.label", f"Column '{column}' holds lists or objects; single-label "

@@ -4,7 +4,7 @@ per label, so every label is scored on its own; a label is predicted when its sc
 from __future__ import annotations
 
 from app.data.scan import value_key
-from app.ml.tasks.base import FieldProblem, labels_config, require_no_missing
+from app.ml.tasks.base import FieldProblem, labels_config
 from app.ml.tasks.classification import MAX_CLASSES, TextClassification, sorted_labels
 
 THRESHOLD = 0.5
@@ -23,11 +23,7 @@ class MultiLabelClassification(TextClassification):
         return _is_label_list(stats)
 
     def plan(self, mapping, train, valid):
-        self.mapping_param_missing(mapping)
-        self.check_inputs(mapping, train, "training_file")
-        column = mapping["label"]
-        stats = train[column]
-        require_no_missing(stats, column, "column_mapping.label", "training_file")
+        column, stats = self.training_labels(mapping, train)
         if not _is_label_list(stats):
             line = min((v for k, v in (stats.get("kind_lines") or {}).items() if k != "list"), default=None)
             where = f" (line {line})" if line else ""

@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from app.ml.tasks.base import (
-    LABEL_NAMES, PAIR_NAMES, TEXT_NAMES, FieldProblem, Task, find_column, require_column, require_text,
+    LABEL_NAMES, PAIR_NAMES, TEXT_NAMES, FieldProblem, Task, find_column, require_column, require_no_missing,
+    require_text,
 )
 
 
@@ -68,6 +69,15 @@ class SequenceTask(Task):
         encoded = {k: v.to(model.device) for k, v in encoded.items()}
         with torch.inference_mode():
             return model(**encoded).logits.float().cpu()
+
+    def training_labels(self, mapping: dict[str, str], train: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The label column of the training file and its statistics, after the checks every
+        sequence task shares (roles mapped, inputs are text, no missing labels)."""
+        self.mapping_param_missing(mapping)
+        self.check_inputs(mapping, train, "training_file")
+        column = mapping["label"]
+        require_no_missing(train[column], column, "column_mapping.label", "training_file")
+        return column, train[column]
 
     @staticmethod
     def mapping_param_missing(mapping: dict[str, str]) -> None:
