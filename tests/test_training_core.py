@@ -69,6 +69,10 @@ def test_auto_hyperparameters():
     assert large["batch_size"] == 32 and large["n_epochs"] == 3 and large["max_seq_length"] == 256
     assert hyperparams.resolve({"max_seq_length": 1024}, 10, 512, 1)["max_seq_length"] == 512
     assert "precision" not in small and hyperparams.resolve({"precision": "bf16"}, 10, None, 1)["precision"] == "bf16"
+    # Learning rates shrink with the model's width: MiniLM-wide 1e-4, BERT-base 5e-5, LLM-wide 1e-5.
+    assert [hyperparams.resolve({}, 200, 512, 40, model_width=w)["learning_rate"] for w in (384, 768, 4096)] == \
+        [1e-4, 5e-5, 1e-5]
+    assert hyperparams.resolve({}, 200, 512, 40, model_width=4096, adapter={"r": 8})["learning_rate"] == 2e-4
 
 
 class OutOfMemoryAbove(TrainerCallback):

@@ -56,12 +56,11 @@ def _base_model(settings: Settings, model: str):
     return found
 
 
-def _model_max_positions(path) -> int | None:
+def _model_config(path) -> dict[str, Any]:
     try:
-        config = json.loads((path / "config.json").read_text())
+        return json.loads((path / "config.json").read_text())
     except (OSError, ValueError):
-        return None
-    return config.get("max_position_embeddings") or config.get("n_positions")
+        return {}
 
 
 def _request_hash(body: JobCreate) -> str:
@@ -118,8 +117,12 @@ def create_job(session: Session, settings: Settings, project: Project, body: Job
 
     mean_chars = sum(train.profile.get(mapping.get(role, ""), {}).get("text_chars_mean", 0.0)
                      for role in task.length_roles)
-    resolved = hyperparams.resolve(requested_values, train.rows, _model_max_positions(base.path), mean_chars,
-                                   has_validation_file=valid is not None, task=task, adapter=adapter)
+    config = _model_config(base.path)
+    resolved = hyperparams.resolve(requested_values, train.rows,
+                                   config.get("max_position_embeddings") or config.get("n_positions"), mean_chars,
+                                   has_validation_file=valid is not None, task=task, adapter=adapter,
+                                   model_width=config.get("hidden_size") or config.get("d_model")
+                                   or config.get("n_embd"))
     job = Job(
         id=new_id("ftjob"), project_id=project.id, model=body.model, task=task_name, training_file=train.id,
         validation_file=valid.id if valid else None, suffix=body.suffix or None,
