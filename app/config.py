@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -39,8 +40,16 @@ class Settings(BaseSettings):
     gpu_queue: str = "gpu"
 
     # Inference: how many fine-tuned models stay loaded, and the batch size used for a list of inputs.
-    model_cache_size: int = 4
+    # Memory the prediction model cache may hold (weights and buffers); least recently used go first.
+    model_cache_mb: int = 4096
     predict_batch_size: int = 64
+    # Dynamic batching: concurrent requests to one model are coalesced up to this many inputs, waiting
+    # at most this long for company once the model is free (a busy model batches without waiting).
+    predict_max_batch: int = 64
+    predict_max_wait_ms: float = 2.0
+    # "all": the whole API; "predictions": only predictions, completions, models and health, no
+    # background threads — for serving replicas on GPU machines, apart from the control plane.
+    serve_mode: Literal["all", "predictions"] = "all"
     predict_max_inputs: int = 1024
 
     # Keep-alive comments on event streams, so proxies do not close a quiet stream.

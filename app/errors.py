@@ -41,6 +41,8 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
 
 def error_response(status: int, message: str, param: str | None = None, code: str | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
+    # huggingface_hub clients read the message from this header (the body's "error" is OpenAI-shaped).
+    headers = {**(headers or {}), "X-Error-Message": message.encode("ascii", "replace").decode()[:1000]}
     return JSONResponse(error_body(status, message, param, code), status_code=status, headers=headers)
 
 

@@ -1,7 +1,8 @@
 """create_app(): the API process. Heavy work (training) never runs here; inference runs in threads.
 
-Unless FT_HOUSEKEEPING is off (prediction-only replicas), the process also runs two background
-threads: the job reaper and the webhook dispatcher. Both are safe in every replica at once."""
+Unless FT_HOUSEKEEPING is off or FT_SERVE_MODE is "predictions" (serving replicas), the process also
+runs two background threads: the job reaper and the webhook dispatcher. Both are safe in every
+replica at once."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from app.api import completions, files, health, jobs, models, webhooks
 from app.api.upload_limit import UploadLimit
 from app.config import Settings, get_settings
 from app.errors import install_error_handlers
+from app.ml.batching import Batchers
 from app.ml.inference import ModelCache
 from app.services.reaper import Reaper
 from app.services.webhooks import WebhookDispatcher
@@ -24,9 +26,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.model_cache = ModelCache(settings.model_cache_size)
         background = []
-        if settings.housekeeping:
+        if settings.housekeeping and settings.serve_mode == "all":
             background.append(Reaper(settings))
             if settings.webhooks_dispatch:
                 background.append(WebhookDispatcher(settings))
@@ -34,15 +35,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for thread in background:
             thread.start()
         yield
+        app.state.batchers.close()
         for thread in background:
             thread.stop()
 
     app = FastAPI(title="Fine-tuning service", version="0.1.0", lifespan=lifespan,
                   description="Fine-tune Hugging Face models on demand. OpenAI fine-tuning API + HF Inference API.")
-    app.state.model_cache = ModelCache(settings.model_cache_size)
+    app.state.model_cache = ModelCache(settings.model_cache_mb * 2**20)
+    app.state.batchers = Batchers(settings.predict_max_batch, settings.predict_max_wait_ms / 1000,
+                                  settings.predict_batch_size)
     install_error_handlers(app)
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
-    for module in (health, files, jobs, models, completions, webhooks):
+    serving_routers = (health, models, completions)
+    for module in serving_routers if settings.serve_mode == "predictions" else \
+            (health, files, jobs, models, completions, webhooks):
         app.include_router(module.router)
     logging.getLogger("app").setLevel(logging.INFO)
     return app

@@ -78,10 +78,20 @@ def other_client(app):
 def pg_stack(base_models_dir, tmp_path_factory):
     """The production shape: PostgreSQL, Redis broker, a real worker process."""
     with postgres_database() as db_url:
+        # A longer batching window than the default: tiny models answer in about a millisecond, so
+        # without it concurrent requests would rarely meet and the batching tests would prove little.
         stack = LiveStack(tmp_path_factory.mktemp("pg-stack"), base_models_dir,
-                          database_url=db_url, broker_url=redis_url())
+                          database_url=db_url, broker_url=redis_url(), predict_max_wait_ms=25)
         with stack.running():
             yield stack
+
+
+@pytest.fixture(scope="session")
+def task_models(pg_stack):
+    """Fine-tuned models of every task (full, LoRA, merged), trained once per session."""
+    from tests.support.task_models import train_task_models
+
+    return train_task_models(pg_stack)
 
 
 @pytest.fixture(scope="session")

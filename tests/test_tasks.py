@@ -12,17 +12,7 @@ import pytest
 
 from tests.conftest import upload
 from tests.support import task_data as data
-
-# task → (dataset builder, base model, predict input)
-CASES = {
-    "question-answering": (data.question_answering, "tiny/bert", {"question": "what did alice love ?",
-                                                                  "context": "alice loved the movie . bob hated the plot ."}),
-    "summarization": (data.summarization, "tiny/t5", "alice and bob movie story plot great"),
-    "text-generation": (data.prompt_completion, "tiny/gpt2", "the movie was great =>"),
-    "multi-label-classification": (data.multi_label, "tiny/bert", "the team won and new phone released"),
-}
-FAST = {"n_epochs": 8, "batch_size": 8}
-
+from tests.support.task_models import CASES
 
 @pytest.mark.parametrize(("builder", "task", "mapping"), [
     (data.question_answering, "question-answering", {"question": "question", "context": "context",
@@ -82,33 +72,8 @@ def _stored_files(stack, job: dict) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def trained(pg_stack):
-    """Every task, full and LoRA (and one merged adapter), submitted at once and trained by a real worker."""
-    with pg_stack.client() as c:
-        jobs = {}
-        for task, (builder, model, _) in CASES.items():
-            train = upload(c, f"{task}.jsonl", data.jsonl(builder(300))).json()
-            valid = upload(c, f"{task}-valid.jsonl", data.jsonl(builder(40, seed=1))).json()
-            for variant, extra in (("full", {"hyperparameters": {**FAST, "learning_rate": 1e-3}}),
-                                   ("lora", {"hyperparameters": {**FAST, "learning_rate": 3e-3},
-                                             "adapter": {"type": "lora", "r": 8}})):
-                response = c.post("/v1/fine_tuning/jobs", json={
-                    "model": model, "training_file": train["id"], "validation_file": valid["id"], "seed": 1,
-                    "suffix": variant, **extra})
-                assert response.status_code == 200, response.text
-                jobs[(task, variant)] = response.json()
-        chat_train = upload(c, "chat.jsonl", data.jsonl(data.chat(300))).json()
-        jobs[("chat", "full")] = c.post("/v1/fine_tuning/jobs", json={
-            "model": "tiny/gpt2", "training_file": chat_train["id"], "chat_template": data.CHATML,
-            "hyperparameters": {**FAST, "learning_rate": 1e-3}}).json()
-        jobs[("question-answering", "merged")] = c.post("/v1/fine_tuning/jobs", json={
-            "model": "tiny/bert", "training_file": jobs[("question-answering", "full")]["training_file"],
-            "hyperparameters": {**FAST, "learning_rate": 3e-3},
-            "adapter": {"type": "lora", "r": 8, "merge": True}}).json()
-        done = {key: pg_stack.wait_for_job(job["id"], timeout=600) for key, job in jobs.items()}
-    for key, job in done.items():
-        assert job["status"] == "succeeded", (key, job, pg_stack.log()[-3000:])
-    return done
+def trained(task_models):
+    return task_models
 
 
 @pytest.mark.parametrize("task", list(CASES))

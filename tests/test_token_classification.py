@@ -4,26 +4,13 @@ first sub-tokens, seqeval metrics, and entity groups with character offsets at p
 from __future__ import annotations
 
 import json
-import random
 
 from tests.conftest import upload
-
-FIRST = ["john", "mary", "ahmed", "li", "sofia", "pierre", "anna", "kenji"]
-LAST = ["smith", "garcia", "chen", "dubois", "rossi", "tanaka"]
-CITIES = ["paris", "lagos", "tokyo", "lima", "oslo", "cairo", "delhi"]
+from tests.support import task_data
 
 
 def ner_jsonl(n: int, seed: int = 0) -> bytes:
-    rng = random.Random(seed)
-    lines = []
-    for _ in range(n):
-        first, last, city = rng.choice(FIRST), rng.choice(LAST), rng.choice(CITIES)
-        if rng.random() < 0.5:
-            tokens, tags = [first, "lives", "in", city], ["B-PER", "O", "O", "B-LOC"]
-        else:
-            tokens, tags = [first, last, "visited", city, "today"], ["B-PER", "I-PER", "O", "B-LOC", "O"]
-        lines.append(json.dumps({"tokens": tokens, "ner_tags": tags}))
-    return ("\n".join(lines) + "\n").encode()
+    return task_data.jsonl(task_data.ner(n, seed))
 
 
 def test_detected_and_validated_before_queueing(client):

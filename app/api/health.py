@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from app.api.deps import SettingsDep
@@ -15,6 +16,12 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+@router.get("/metrics", include_in_schema=False)
+def metrics() -> Response:
+    """Prometheus exposition of this process's counters and gauges."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
 @router.get("/readyz")
 def readyz(settings: SettingsDep) -> JSONResponse:
     checks: dict[str, str] = {}
@@ -24,14 +31,15 @@ def readyz(settings: SettingsDep) -> JSONResponse:
         checks["database"] = "ok"
     except Exception as exc:
         checks["database"] = f"error: {exc}"
-    try:
-        from worker.celery_app import celery_app
+    if settings.serve_mode == "all":  # serving replicas never enqueue, so they need no broker
+        try:
+            from worker.celery_app import celery_app
 
-        with celery_app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=3)
-        checks["broker"] = "ok"
-    except Exception as exc:
-        checks["broker"] = f"error: {exc}"
+            with celery_app.connection_for_write() as conn:
+                conn.ensure_connection(max_retries=1, timeout=3)
+            checks["broker"] = "ok"
+        except Exception as exc:
+            checks["broker"] = f"error: {exc}"
     storage = settings.resolved_storage_dir
     try:
         storage.mkdir(parents=True, exist_ok=True)

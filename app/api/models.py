@@ -38,7 +38,7 @@ async def predict_route(model_id: str, body: PredictRequest, request: Request, s
     if len(inputs) > settings.predict_max_inputs:
         raise bad_request(f"At most {settings.predict_max_inputs} inputs per request (got {len(inputs)}).", "inputs")
     loaded = await serving.load(session, settings, storage, project, request.app.state.model_cache, model_id)
-    outputs = await serving.run_predictions(loaded, inputs, body.parameters, settings.predict_batch_size)
+    outputs = await serving.run_predictions(request.app.state.batchers, model_id, loaded, inputs, body.parameters)
     if not isinstance(body.inputs, list) and not get_task(loaded.task).nests_single_output:
         return outputs[0]
     return outputs
@@ -66,5 +66,6 @@ def delete_model(model_id: str, request: Request, session: SessionDep, settings:
     tuned = service.delete_model(session, settings, project, model_id)
     session.commit()
     request.app.state.model_cache.drop(model_id)
+    request.app.state.batchers.drop(model_id)
     storage.delete(tuned.storage_key)
     return {"id": model_id, "object": "model", "deleted": True}

@@ -64,16 +64,6 @@ def wrap(model, adapter: dict[str, Any], peft_task_type: str):
     return get_peft_model(model, config)
 
 
-def is_adapter_folder(path: Path) -> bool:
-    return (path / ADAPTER_CONFIG).exists()
-
-
-def load_adapter(base_model, path: Path):
-    from peft import PeftModel
-
-    return PeftModel.from_pretrained(base_model, str(path), is_trainable=False)
-
-
 def adapter_base_path(path: Path) -> str | None:
     """Where the base model was when the adapter was trained (a fallback when the id is unknown here)."""
     try:

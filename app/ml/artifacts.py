@@ -8,8 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from app.ml.adapters import adapter_base_path, is_adapter_folder, load_adapter
-from app.ml.tasks import get_task
+from app.ml.adapters import adapter_base_path
 
 SERVICE_CONFIG = "finetune_service.json"
 # What a download may hold: weights as safetensors, configs, tokenizer and template files. Checkpoint
@@ -24,37 +23,47 @@ def read_service_config(path: Path) -> dict[str, Any]:
         return {}
 
 
-def load_for_inference(path: Path, task_name: str, base_path: Path | None):
-    """(task, model, tokenizer) on the best device, in eval mode. ``base_path`` is where this
-    deployment keeps the base model of an adapter (None: where it was at training time)."""
+def inference_device():
+    """GPU with bf16 where there is one (fp16 on GPUs without bf16), else CPU in fp32."""
     import torch
-    from transformers import AutoTokenizer
 
-    service = read_service_config(path)
-    task = get_task(service.get("task", task_name))
-    plan = service.get("plan", {})
-    if is_adapter_folder(path):
-        base = base_path or adapter_base_path(path)
-        if base is None or not Path(base).is_dir():
-            raise FileNotFoundError(f"the base model of adapter {path.name} is not on this machine")
-        model = load_adapter(task.load_model(str(base), plan), path)
-    else:
-        model = task.load_trained(str(path))
-    max_seq_length = service.get("hyperparameters", {}).get("max_seq_length")
-    if max_seq_length:
-        model.config.ft_max_seq_length = int(max_seq_length)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device).eval()
-    tokenizer = task.prepare_tokenizer(AutoTokenizer.from_pretrained(str(path)), plan)
-    return task, model, tokenizer
+    if torch.cuda.is_available():
+        return "cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return "cpu", torch.float32
+
+
+def _ready(model):
+    device, dtype = inference_device()
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def load_full(task, path: Path):
+    return _ready(task.load_trained(str(path)))
+
+
+def load_base_for_adapters(task, plan: dict[str, Any], path: Path, base_path: Path | None, adapter_name: str):
+    """The base model with this task's head, wrapped by peft with its first adapter. ``base_path`` is
+    where this deployment keeps the base model (None: where it was at training time)."""
+    from peft import PeftModel
+
+    base = base_path or adapter_base_path(path)
+    if base is None or not Path(base).is_dir():
+        raise FileNotFoundError(f"the base model of adapter {path.name} is not on this machine")
+    model = PeftModel.from_pretrained(task.load_model(str(base), plan), str(path), adapter_name=adapter_name,
+                                      is_trainable=False)
+    return _ready(model)
+
+
+def load_adapter_into(model, path: Path, adapter_name: str) -> None:
+    model.load_adapter(str(path), adapter_name=adapter_name, is_trainable=False)
+    _ready(model)  # the new adapter's weights join the model's device and dtype
 
 
 def write_archive(path: Path, target) -> None:
-    """A gzipped tar of the model folder's downloadable files (``target``: a path or a file object)."""
+    """A gzipped tar of the model folder's downloadable files (``target``: a path)."""
     import tarfile
 
-    with tarfile.open(fileobj=target, mode="w:gz") if hasattr(target, "write") else \
-            tarfile.open(target, "w:gz") as archive:
+    with tarfile.open(target, "w:gz") as archive:
         for file in sorted(path.iterdir()):
             if file.is_file() and file.name.endswith(DOWNLOADABLE):
                 archive.add(file, arcname=file.name)

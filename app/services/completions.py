@@ -48,6 +48,7 @@ def chat(loaded: LoadedModel, body: ChatCompletionRequest) -> dict[str, Any]:
     """Runs in a worker thread."""
     prompt = chat_prompt(loaded, body)
     with loaded.lock:
+        loaded.activate()
         _seeded(body)
         # The template already holds any special tokens the model expects.
         result = generate(loaded.model, loaded.tokenizer, [prompt], body.parameters(), DEFAULT_CHAT_TOKENS,
@@ -62,6 +63,7 @@ def chat(loaded: LoadedModel, body: ChatCompletionRequest) -> dict[str, Any]:
 def completion(loaded: LoadedModel, body: CompletionRequest) -> dict[str, Any]:
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     with loaded.lock:
+        loaded.activate()
         _seeded(body)
         results = generate(loaded.model, loaded.tokenizer, prompts, body.parameters(), DEFAULT_COMPLETION_TOKENS)
     return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
@@ -97,6 +99,7 @@ def _chat_chunks(loaded: LoadedModel, body: ChatCompletionRequest, prompt: str) 
                      **extra})
 
     with loaded.lock:
+        loaded.activate()
         _seeded(body)
         yield chunk({"role": "assistant", "content": ""})
         for piece in stream(loaded.model, loaded.tokenizer, prompt, body.parameters(), DEFAULT_CHAT_TOKENS,
@@ -120,6 +123,7 @@ def _completion_chunks(loaded: LoadedModel, body: CompletionRequest) -> Iterator
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
             "model": body.model, "system_fingerprint": None}
     with loaded.lock:
+        loaded.activate()
         _seeded(body)
         if body.echo:
             yield _sse({**head, "choices": [{"index": 0, "text": body.prompt, "logprobs": None,

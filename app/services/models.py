@@ -90,7 +90,7 @@ def delete_model(session: Session, settings: Settings, project: Project, model_i
 
 def base_model_path(settings: Settings, servable: Servable):
     """Where this deployment keeps the servable's base model (adapters are loaded onto it)."""
-    base = list_base_models(settings).get(servable.base_model)
+    base = list_base_models(settings, max_age_s=30).get(servable.base_model)
     return base.path if base is not None else None
 
 

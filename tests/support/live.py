@@ -66,12 +66,13 @@ def free_port() -> int:
 
 class LiveStack:
     def __init__(self, root: Path, base_models_dir: Path, database_url: str | None = None,
-                 broker_url: str | None = None, embedded_worker: bool = True, **settings: str):
+                 broker_url: str | None = None, embedded_worker: bool = True, key: str | None = None,
+                 **settings: str):
         self.root = root
         self.embedded_worker = embedded_worker
         self.workers: list[subprocess.Popen] = []
         self.port = free_port()
-        self.key = f"sk-live-{uuid.uuid4().hex}"
+        self.key = key or f"sk-live-{uuid.uuid4().hex}"
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = root / "serve.log"
         self.env = {**os.environ, "FT_DATA_DIR": str(root / "data"), "FT_BASE_MODELS_DIR": str(base_models_dir),

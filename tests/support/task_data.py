@@ -69,3 +69,26 @@ def multi_label(n: int, seed: int = 0) -> list[dict]:
         rng.shuffle(parts)
         rows.append({"text": " and ".join(parts), "labels": labels})
     return rows
+
+
+def sentiment(n: int, seed: int = 0) -> list[dict]:
+    return [{"text": r["prompt"].removesuffix(" =>"), "label": r["completion"].strip()}
+            for r in prompt_completion(n, seed)]
+
+
+FIRST = ["john", "mary", "ahmed", "li", "sofia", "pierre", "anna", "kenji"]
+LAST = ["smith", "garcia", "chen", "dubois", "rossi", "tanaka"]
+CITIES = ["paris", "lagos", "tokyo", "lima", "oslo", "cairo", "delhi"]
+
+
+def ner(n: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        first, last, city = rng.choice(FIRST), rng.choice(LAST), rng.choice(CITIES)
+        if rng.random() < 0.5:
+            tokens, tags = [first, "lives", "in", city], ["B-PER", "O", "O", "B-LOC"]
+        else:
+            tokens, tags = [first, last, "visited", city, "today"], ["B-PER", "I-PER", "O", "B-LOC", "O"]
+        rows.append({"tokens": tokens, "ner_tags": tags})
+    return rows

@@ -130,8 +130,9 @@ class Task(ABC):
         return {}
 
     @abstractmethod
-    def predict(self, model, tokenizer, inputs: list[Any], parameters: dict[str, Any]) -> list[Any]:
-        """Run the model on a batch of wire-format inputs; return one wire-format output each."""
+    def predict(self, served, inputs: list[Any], parameters: dict[str, Any]) -> list[Any]:
+        """Run a loaded model (``served``: model, tokenizer, plan, max_length) on a batch of wire-format
+        inputs; return one wire-format output each."""
 
     # Shared helpers ------------------------------------------------------------------------------
 

@@ -66,9 +66,9 @@ class TextClassification(SequenceTask):
         return {"accuracy": float(accuracy_score(labels, predicted)),
                 "f1_macro": float(f1_score(labels, predicted, average="macro", zero_division=0))}
 
-    def predict(self, model, tokenizer, inputs, parameters):
-        probabilities = self.forward(model, tokenizer, inputs, parameters).softmax(-1)
-        return self.ranked(probabilities, model.config.id2label, parameters.get("top_k"))
+    def predict(self, served, inputs, parameters):
+        probabilities = self.forward(served, inputs, parameters).softmax(-1)
+        return self.ranked(probabilities, served.plan["labels"], parameters.get("top_k"))
 
     @staticmethod
     def ranked(probabilities, id2label, top_k) -> list[list[dict]]:

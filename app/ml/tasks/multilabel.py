@@ -62,6 +62,6 @@ class MultiLabelClassification(TextClassification):
                 "f1_macro": float(f1_score(truth, predicted, average="macro", zero_division=0)),
                 "exact_match": float((predicted == truth).all(axis=1).mean())}
 
-    def predict(self, model, tokenizer, inputs, parameters):
-        probabilities = self.forward(model, tokenizer, inputs, parameters).sigmoid()
-        return self.ranked(probabilities, model.config.id2label, parameters.get("top_k"))
+    def predict(self, served, inputs, parameters):
+        probabilities = self.forward(served, inputs, parameters).sigmoid()
+        return self.ranked(probabilities, served.plan["labels"], parameters.get("top_k"))

@@ -196,7 +196,7 @@ class QuestionAnswering(Task):
             f1.append(max(_f1(guess, a) for a in answers))
         return {"exact_match": 100 * float(np.mean(exact)), "f1": 100 * float(np.mean(f1))}
 
-    def predict(self, model, tokenizer, inputs, parameters):
+    def predict(self, served, inputs, parameters):
         import torch
 
         questions, contexts = [], []
@@ -206,7 +206,7 @@ class QuestionAnswering(Task):
                 raise FieldProblem("inputs", "Each input must be an object {\"question\": text, \"context\": text}.")
             questions.append(item["question"].strip())
             contexts.append(item["context"])
-        max_length = int(getattr(model.config, "ft_max_seq_length", 384))
+        model, tokenizer, max_length = served.model, served.tokenizer, served.max_length
         encoded = tokenizer(questions, contexts, truncation="only_second", max_length=max_length,
                             stride=max_length // 4, return_overflowing_tokens=True, return_offsets_mapping=True,
                             padding=True, return_tensors="pt")

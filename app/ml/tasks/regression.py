@@ -66,10 +66,8 @@ class TextRegression(SequenceTask):
         return {"mse": float(mean_squared_error(truth, predicted)), "mae": float(mean_absolute_error(truth, predicted)),
                 "r2": float(r2_score(truth, predicted)) if len(truth) > 1 else 0.0}
 
-    def predict(self, model, tokenizer, inputs, parameters):
-        values = self.forward(model, tokenizer, inputs, parameters).reshape(-1)
-        mean = getattr(model.config, "ft_target_mean", 0.0)
-        std = getattr(model.config, "ft_target_std", 1.0)
-        name = model.config.id2label.get(0, "value")
+    def predict(self, served, inputs, parameters):
+        values = self.forward(served, inputs, parameters).reshape(-1)
+        mean, std, name = served.plan["target_mean"], served.plan["target_std"], served.plan["target_name"]
         # The text-classification shape, so Hugging Face clients parse it; "score" is the predicted value.
         return [[{"label": name, "score": float(v) * std + mean}] for v in values.tolist()]

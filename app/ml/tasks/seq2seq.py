@@ -53,12 +53,6 @@ class Summarization(Task):
         longest = train[mapping["target"]].get("text_chars_max") or 0
         return {"max_target_length": int(min(512, max(32, longest // 3 + 8)))}
 
-    def load_model(self, path, plan):
-        model = super().load_model(path, plan)
-        # Saved in config.json: predictions generate up to the longest target seen in training.
-        model.config.ft_max_target_length = int(plan["max_target_length"])
-        return model
-
     def row(self, record, mapping, plan):
         return {"source": str(record[mapping["source"]]), "target": str(record[mapping["target"]])}
 
@@ -92,15 +86,17 @@ class Summarization(Task):
         result = totals.aggregate()
         return {key: float(value.mid.fmeasure) for key, value in result.items()}
 
-    def predict(self, model, tokenizer, inputs, parameters):
+    def predict(self, served, inputs, parameters):
         import torch
 
         for item in inputs:
             if not isinstance(item, str):
                 raise FieldProblem("inputs", "Each input must be a text string.")
-        max_length = int(getattr(model.config, "ft_max_seq_length", 512))
-        encoded = tokenizer(list(inputs), truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-        default = int(getattr(model.config, "ft_max_target_length", 128))
+        model, tokenizer = served.model, served.tokenizer
+        encoded = tokenizer(list(inputs), truncation=True, max_length=served.max_length, padding=True,
+                            return_tensors="pt")
+        # Predictions generate up to the longest target seen in training, unless asked otherwise.
+        default = int(served.plan.get("max_target_length", 128))
         with torch.inference_mode():
             generated = model.generate(**{k: v.to(model.device) for k, v in encoded.items()},
                                        **generation_kwargs(parameters, default))

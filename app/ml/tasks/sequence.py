@@ -59,13 +59,13 @@ class SequenceTask(Task):
         encoded["labels"] = batch["labels"]
         return encoded
 
-    def forward(self, model, tokenizer, inputs: list[Any], parameters: dict[str, Any]):
+    def forward(self, served, inputs: list[Any], parameters: dict[str, Any]):
         import torch
 
+        model, tokenizer = served.model, served.tokenizer
         texts, pairs = zip(*(self.text_input(item) for item in inputs))
-        max_length = int(parameters.get("max_length") or getattr(model.config, "ft_max_seq_length", 512))
         encoded = tokenizer(list(texts), list(pairs) if any(p is not None for p in pairs) else None,
-                            truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+                            truncation=True, max_length=served.max_length, padding=True, return_tensors="pt")
         encoded = {k: v.to(model.device) for k, v in encoded.items()}
         with torch.inference_mode():
             return model(**encoded).logits.float().cpu()

@@ -183,12 +183,12 @@ class TextGeneration(Task):
         loss = evaluated.get("eval_loss")
         return {"eval_perplexity": math.exp(min(loss, 50.0))} if loss is not None else {}
 
-    def predict(self, model, tokenizer, inputs, parameters):
+    def predict(self, served, inputs, parameters):
         from app.ml.generation import generate
 
         for item in inputs:
             if not isinstance(item, str):
                 raise FieldProblem("inputs", "Each input must be a prompt string.")
-        results = generate(model, tokenizer, list(inputs), parameters, default_new_tokens=64)
+        results = generate(served.model, served.tokenizer, list(inputs), parameters, default_new_tokens=64)
         full = bool(parameters.get("return_full_text", False))
         return [{"generated_text": (prompt if full else "") + r.text} for prompt, r in zip(inputs, results)]

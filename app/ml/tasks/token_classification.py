@@ -138,7 +138,7 @@ class TokenClassification(Task):
                 "recall": float(recall_score(truth, guess, zero_division=0)),
                 "f1": float(f1_score(truth, guess, zero_division=0)), "accuracy": float(accuracy_score(truth, guess))}
 
-    def predict(self, model, tokenizer, inputs, parameters):
+    def predict(self, served, inputs, parameters):
         import torch
 
         texts = []
@@ -146,13 +146,13 @@ class TokenClassification(Task):
             if not isinstance(item, str):
                 raise FieldProblem("inputs", "Each input must be a text string.")
             texts.append(item)
-        max_length = int(getattr(model.config, "ft_max_seq_length", 512))
-        encoded = tokenizer(texts, truncation=True, max_length=max_length, padding=True,
+        model, tokenizer = served.model, served.tokenizer
+        encoded = tokenizer(texts, truncation=True, max_length=served.max_length, padding=True,
                             return_offsets_mapping=True, return_tensors="pt")
         offsets = encoded.pop("offset_mapping").tolist()
         with torch.inference_mode():
             probabilities = model(**{k: v.to(model.device) for k, v in encoded.items()}).logits.float().softmax(-1).cpu()
-        return [self._entities(text, probabilities[i], offsets[i], encoded.word_ids(i), model.config.id2label)
+        return [self._entities(text, probabilities[i], offsets[i], encoded.word_ids(i), served.plan["labels"])
                 for i, text in enumerate(texts)]
 
     @staticmethod

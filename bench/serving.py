@@ -1,0 +1,147 @@
+"""Serving throughput and latency against the model's own raw forward, measured in one run.
+
+Starts the service (embedded default, in a scratch folder), fine-tunes the bundled MiniLM classifier
+on examples/sentiment.csv (one epoch: accuracy does not matter here), then sweeps concurrent clients
+(each sends one text per request, back to back) and prints predictions/s and p50/p99 latency next
+to the raw forward of the same model on the same device: batched (the ceiling for throughput) and
+single (the floor for latency).
+
+    python -m bench.serving [--clients 1 8 32 64] [--seconds 10]
+
+Goals (issue 5): throughput at 64 clients >= 0.7x raw batched; p50 at 1 client <= 1.5x raw single.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+with open(REPO / "examples" / "sentiment.csv", newline="") as _fh:
+    SENTENCES = [row["text"] for row in csv.DictReader(_fh)]
+
+
+def start_service(root: Path, port: int, key: str) -> subprocess.Popen:
+    env = {**os.environ, "FT_DATA_DIR": str(root), "FT_API_PORT": str(port), "FT_BOOTSTRAP_API_KEY": key,
+           "HF_HUB_OFFLINE": "1"}
+    log = open(root / "serve.log", "ab")
+    process = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=REPO, env=env, stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    for _ in range(180):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError((root / "serve.log").read_text()[-3000:])
+
+
+def fine_tune(client: httpx.Client) -> str:
+    with open(REPO / "examples" / "sentiment.csv", "rb") as fh:
+        file_id = client.post("/v1/files", files={"file": ("sentiment.csv", fh)}, data={"purpose": "fine-tune"}).json()["id"]
+    job = client.post("/v1/fine_tuning/jobs", json={"model": "sentence-transformers/all-MiniLM-L6-v2",
+                                                    "training_file": file_id, "hyperparameters": {"n_epochs": 1}}).json()
+    while job["status"] not in ("succeeded", "failed", "cancelled"):
+        time.sleep(1)
+        job = client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()
+    assert job["status"] == "succeeded", job
+    return job
+
+
+def raw_forward(model_dir: Path, batch: int, seconds: float) -> tuple[float, float]:
+    """(p50 seconds of one text, texts/s in batches of ``batch``) with tokenization, as a server does."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from app.ml.artifacts import inference_device
+
+    device, dtype = inference_device()
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir)).to(device=device, dtype=dtype).eval()
+
+    def run(texts):
+        with torch.inference_mode():
+            encoded = tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt").to(device)
+            model(**encoded).logits.float().softmax(-1).cpu()
+
+    singles = []
+    for text in SENTENCES[:20]:
+        run([text])  # warm-up
+    for i in range(200):
+        started = time.perf_counter()
+        run([SENTENCES[i % len(SENTENCES)]])
+        singles.append(time.perf_counter() - started)
+    done, started, i = 0, time.perf_counter(), 0
+    while time.perf_counter() - started < seconds:
+        texts = [SENTENCES[(i + j) % len(SENTENCES)] for j in range(batch)]
+        run(texts)
+        done, i = done + batch, i + batch
+    return statistics.median(singles), done / (time.perf_counter() - started)
+
+
+async def load(url: str, key: str, model: str, clients: int, seconds: float) -> tuple[float, float, float]:
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+
+    async def client_loop(offset: int):
+        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
+            i = offset
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                response = await c.post(f"/v1/models/{model}/predict", json={"inputs": SENTENCES[i % len(SENTENCES)]})
+                response.raise_for_status()
+                latencies.append(time.perf_counter() - started)
+                i += clients
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client_loop(k) for k in range(clients)))
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+    return len(latencies) / elapsed, latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99) - 1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    ns = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    port, key = 8700 + os.getpid() % 200, f"sk-bench-{uuid.uuid4().hex}"
+    url = f"http://127.0.0.1:{port}"
+    process = start_service(root, port, key)
+    try:
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as c:
+            job = fine_tune(c)
+            model = job["fine_tuned_model"]
+            c.post(f"/v1/models/{model}/predict", json={"inputs": SENTENCES[:8]}).raise_for_status()  # load it
+        model_dir = next((root / "storage" / "models").glob(f"*/{job['id']}"))
+        raw_single, raw_batched = raw_forward(model_dir, max(ns.clients), ns.seconds)
+        from app.ml.artifacts import inference_device
+
+        print(f"device: {inference_device()[0]}; raw forward: single {raw_single * 1000:.1f} ms, "
+              f"batched ({max(ns.clients)}) {raw_batched:.0f} texts/s")
+        print(f"{'clients':>7} {'pred/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'thr/raw':>8} {'p50/raw1':>9}")
+        for clients in ns.clients:
+            throughput, p50, p99 = asyncio.run(load(url, key, model, clients, ns.seconds))
+            print(f"{clients:>7} {throughput:>8.1f} {p50 * 1000:>8.1f} {p99 * 1000:>8.1f} "
+                  f"{throughput / raw_batched:>8.2f} {p50 / raw_single:>9.2f}")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
