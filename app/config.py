@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     # Dynamic batching: concurrent requests to one model are coalesced up to this many inputs, waiting
     # at most this long for company once the model is free (a busy model batches without waiting).
     predict_max_batch: int = 64
-    predict_max_wait_ms: float = 2.0
+    predict_max_wait_ms: float = 0.0
     # "all": the whole API; "predictions": only predictions, completions, models and health, no
     # background threads — for serving replicas on GPU machines, apart from the control plane.
     serve_mode: Literal["all", "predictions"] = "all"

@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import csv
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -50,9 +51,10 @@ def start_service(root: Path, port: int, key: str) -> subprocess.Popen:
 
 def fine_tune(client: httpx.Client) -> str:
     with open(REPO / "examples" / "sentiment.csv", "rb") as fh:
-        file_id = client.post("/v1/files", files={"file": ("sentiment.csv", fh)}, data={"purpose": "fine-tune"}).json()["id"]
-    job = client.post("/v1/fine_tuning/jobs", json={"model": "sentence-transformers/all-MiniLM-L6-v2",
-                                                    "training_file": file_id, "hyperparameters": {"n_epochs": 1}}).json()
+        uploaded = client.post("/v1/files", files={"file": ("sentiment.csv", fh)}, data={"purpose": "fine-tune"})
+    job = client.post("/v1/fine_tuning/jobs", json={
+        "model": "sentence-transformers/all-MiniLM-L6-v2", "training_file": uploaded.json()["id"],
+        "hyperparameters": {"n_epochs": 1}}).json()
     while job["status"] not in ("succeeded", "failed", "cancelled"):
         time.sleep(1)
         job = client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()
@@ -112,6 +114,52 @@ async def load(url: str, key: str, model: str, clients: int, seconds: float) -> 
     return len(latencies) / elapsed, latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99) - 1]
 
 
+_seen = {"sum": 0.0, "count": 0.0}
+
+
+def mean_batch(url: str) -> float:
+    """Mean inputs per batched forward since the last call, from the service's /metrics."""
+    text = httpx.get(f"{url}/metrics").text
+    values = {name: float(line.split()[-1]) for line in text.splitlines()
+              for name in ("sum", "count") if line.startswith(f"finetune_predict_batch_inputs_{name} ")}
+    delta = {k: values[k] - _seen[k] for k in values}
+    _seen.update(values)
+    return delta["sum"] / delta["count"] if delta.get("count") else 0.0
+
+
+def load_with_wrk(url: str, key: str, model: str, clients: int, seconds: float) -> tuple[float, float, float]:
+    """The same load from wrk (a C load generator): on a small machine a Python client would take
+    CPU from the server it measures."""
+    import json
+    import re
+    import urllib.parse
+
+    bodies = ", ".join(json.dumps(json.dumps({"inputs": text})) for text in SENTENCES)
+    script = Path(tempfile.mkdtemp()) / "predict.lua"
+    script.write_text(f"""
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {key}"
+local bodies = {{{bodies}}}
+local i = 0
+request = function()
+  i = i + 1
+  return wrk.format(nil, nil, nil, bodies[(i % #bodies) + 1])
+end
+""")
+    path = f"/v1/models/{urllib.parse.quote(model, safe='')}/predict"
+    out = subprocess.run(["wrk", "-t1", f"-c{clients}", f"-d{int(seconds)}s", "--latency", "-s", str(script),
+                          url + path], capture_output=True, text=True, check=True).stdout
+    if "Non-2xx" in out:
+        raise RuntimeError(out)
+
+    def ms(label: str) -> float:
+        value, unit = re.search(rf"^\s+{label}\s+([0-9.]+)(us|ms|s)\s*$", out, re.M).groups()
+        return float(value) * {"us": 1e-6, "ms": 1e-3, "s": 1.0}[unit]
+
+    return float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1)), ms("50%"), ms("99%")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 64])
@@ -131,13 +179,18 @@ def main() -> None:
         raw_single, raw_batched = raw_forward(model_dir, max(ns.clients), ns.seconds)
         from app.ml.artifacts import inference_device
 
+        print(f"load generator: {'wrk' if shutil.which('wrk') else 'httpx (install wrk for a lighter client)'}")
         print(f"device: {inference_device()[0]}; raw forward: single {raw_single * 1000:.1f} ms, "
               f"batched ({max(ns.clients)}) {raw_batched:.0f} texts/s")
-        print(f"{'clients':>7} {'pred/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'thr/raw':>8} {'p50/raw1':>9}")
+        print(f"{'clients':>7} {'pred/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'thr/raw':>8} {'p50/raw1':>9} "
+              f"{'avg batch':>10}")
         for clients in ns.clients:
-            throughput, p50, p99 = asyncio.run(load(url, key, model, clients, ns.seconds))
+            if shutil.which("wrk"):
+                throughput, p50, p99 = load_with_wrk(url, key, model, clients, ns.seconds)
+            else:
+                throughput, p50, p99 = asyncio.run(load(url, key, model, clients, ns.seconds))
             print(f"{clients:>7} {throughput:>8.1f} {p50 * 1000:>8.1f} {p99 * 1000:>8.1f} "
-                  f"{throughput / raw_batched:>8.2f} {p50 / raw_single:>9.2f}")
+                  f"{throughput / raw_batched:>8.2f} {p50 / raw_single:>9.2f} {mean_batch(url) :>10.1f}")
     finally:
         process.terminate()
         process.wait(timeout=30)

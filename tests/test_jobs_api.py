@@ -35,7 +35,7 @@ def test_create_resolves_auto_hyperparameters(client, sentiment):
     hp = job["hyperparameters"]
     assert job["id"].startswith("ftjob-") and job["object"] == "fine_tuning.job" and job["status"] == "queued"
     assert hp["batch_size"] == 8 and isinstance(hp["n_epochs"], int) and hp["n_epochs"] >= 3
-    assert hp["learning_rate"] == pytest.approx(2 * 5e-5)
+    assert hp["learning_rate"] == pytest.approx(2 * 1e-4)  # a narrow model: the width-scaled rate, at its cap
     assert job["method"]["supervised"]["hyperparameters"] == hp
     assert job["column_mapping"] == {"text": "text", "label": "label"} and job["task"] == "text-classification"
     assert isinstance(job["seed"], int)

@@ -73,10 +73,10 @@ def test_concurrent_clients_get_their_own_models_answers(pg_stack, task_models):
 
     with pg_stack.client() as c:
         after = c.get("/metrics").text
-    requests = sum(_metric(after, "finetune_predict_requests_total", m) - _metric(before, "finetune_predict_requests_total", m)
-                   for m in served.values())
-    batches = sum(_metric(after, "finetune_predict_batches_total", m) - _metric(before, "finetune_predict_batches_total", m)
-                  for m in served.values())
+    requests = sum(_metric(after, "finetune_predict_requests_total", m) -
+                   _metric(before, "finetune_predict_requests_total", m) for m in served.values())
+    batches = sum(_metric(after, "finetune_predict_batches_total", m) -
+                  _metric(before, "finetune_predict_batches_total", m) for m in served.values())
     assert requests == len(calls) and batches < requests, (requests, batches)  # some requests were coalesced
     # Five LoRA models are loaded; the two sentiment adapters (same base, same labels) share one base.
     bases = float(re.search(r"^finetune_model_cache_shared_bases ([0-9.]+)$", after, re.M).group(1))

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import ProjectDep, SessionDep, SettingsDep, StorageDep
+from app.api.deps import ServingProjectDep, SettingsDep, StorageDep
 from app.errors import bad_request
 from app.ml.tasks import FieldProblem
 from app.schemas.completions import ChatCompletionRequest, CompletionRequest
@@ -19,16 +19,16 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 @router.post("/chat/completions")
-async def chat_completions(body: ChatCompletionRequest, request: Request, session: SessionDep, settings: SettingsDep,
-                           storage: StorageDep, project: ProjectDep) -> Any:
-    loaded = await serving.load(session, settings, storage, project, request.app.state.model_cache, body.model)
+async def chat_completions(body: ChatCompletionRequest, request: Request, settings: SettingsDep, storage: StorageDep,
+                           project: ServingProjectDep) -> Any:
+    loaded = await serving.load(settings, storage, project, request.app.state.model_cache, body.model)
     return await _answer(loaded, body, completions.chat, completions.chat_stream)
 
 
 @router.post("/completions")
-async def text_completions(body: CompletionRequest, request: Request, session: SessionDep, settings: SettingsDep,
-                           storage: StorageDep, project: ProjectDep) -> Any:
-    loaded = await serving.load(session, settings, storage, project, request.app.state.model_cache, body.model)
+async def text_completions(body: CompletionRequest, request: Request, settings: SettingsDep, storage: StorageDep,
+                           project: ServingProjectDep) -> Any:
+    loaded = await serving.load(settings, storage, project, request.app.state.model_cache, body.model)
     return await _answer(loaded, body, completions.completion, completions.completion_stream)
 
 

@@ -4,11 +4,11 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
 from starlette.background import BackgroundTask
 from pydantic import BaseModel, ConfigDict
 
-from app.api.deps import ProjectDep, SessionDep, SettingsDep, StorageDep
+from app.api.deps import ProjectDep, ServingProjectDep, SessionDep, SettingsDep, StorageDep
 from app.errors import bad_request
 from app.ml.tasks import get_task
 from app.services import models as service
@@ -30,18 +30,19 @@ def list_models(session: SessionDep, settings: SettingsDep, project: ProjectDep)
 
 # The predict route comes first: model ids contain '/' and ':', so the generic routes would swallow it.
 @router.post("/{model_id:path}/predict")
-async def predict_route(model_id: str, body: PredictRequest, request: Request, session: SessionDep,
-                        settings: SettingsDep, storage: StorageDep, project: ProjectDep) -> Any:
+async def predict_route(model_id: str, body: PredictRequest, request: Request, settings: SettingsDep,
+                        storage: StorageDep, project: ServingProjectDep) -> Any:
     inputs = body.inputs if isinstance(body.inputs, list) else [body.inputs]
     if not inputs:
         raise bad_request("'inputs' is empty; send a text or a list of texts.", "inputs")
     if len(inputs) > settings.predict_max_inputs:
         raise bad_request(f"At most {settings.predict_max_inputs} inputs per request (got {len(inputs)}).", "inputs")
-    loaded = await serving.load(session, settings, storage, project, request.app.state.model_cache, model_id)
+    loaded = await serving.load(settings, storage, project, request.app.state.model_cache, model_id)
     outputs = await serving.run_predictions(request.app.state.batchers, model_id, loaded, inputs, body.parameters)
     if not isinstance(body.inputs, list) and not get_task(loaded.task).nests_single_output:
-        return outputs[0]
-    return outputs
+        outputs = outputs[0]
+    # Plain JSON already: skip FastAPI's response encoding, which costs more than the model on small inputs.
+    return JSONResponse(outputs)
 
 
 @router.get("/{model_id:path}/download")
@@ -67,5 +68,6 @@ def delete_model(model_id: str, request: Request, session: SessionDep, settings:
     session.commit()
     request.app.state.model_cache.drop(model_id)
     request.app.state.batchers.drop(model_id)
+    serving.forget(model_id)
     storage.delete(tuned.storage_key)
     return {"id": model_id, "object": "model", "deleted": True}

@@ -3,12 +3,14 @@ checkpoint, its base model (for adapters), the process-wide cache, all off the e
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
+from cachetools import TTLCache
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy.orm import Session
 
 from app.config import Settings
+from app.db.engine import session_scope
 from app.db.models import Project
 from app.errors import ApiError, bad_request
 from app.ml.batching import Batchers
@@ -18,13 +20,35 @@ from app.services import models as registry
 from app.storage import LocalStorage
 
 
-async def load(session: Session, settings: Settings, storage: LocalStorage, project: Project, cache: ModelCache,
-               model_id: str) -> LoadedModel:
-    def locate():  # database and filesystem lookups stay off the event loop
-        servable = registry.require_fine_tuned(session, settings, project, model_id)
-        return servable, registry.base_model_path(settings, servable)
+# Where each served model lives, per project, remembered briefly: the prediction path would otherwise
+# query the database on every request. Deleting a model forgets it here at once (in this process).
+LOCATION_TTL_S = 10.0
+_locations: TTLCache = TTLCache(maxsize=10_000, ttl=LOCATION_TTL_S)
+_locations_lock = threading.Lock()
 
-    servable, base_path = await run_in_threadpool(locate)
+
+def _locate(settings: Settings, project: Project, model_id: str):
+    with session_scope() as session:
+        servable = registry.require_fine_tuned(session, settings, project, model_id)
+    found = servable, registry.base_model_path(settings, servable)
+    with _locations_lock:
+        _locations[(project.id, model_id)] = found
+    return found
+
+
+def forget(model_id: str) -> None:
+    with _locations_lock:
+        for key in [k for k in _locations if k[1] == model_id]:
+            _locations.pop(key, None)
+
+
+async def load(settings: Settings, storage: LocalStorage, project: Project, cache: ModelCache,
+               model_id: str) -> LoadedModel:
+    with _locations_lock:
+        found = _locations.get((project.id, model_id))
+    servable, base_path = found or await run_in_threadpool(_locate, settings, project, model_id)
+    if servable.id in cache:  # the common case: no thread hop for a loaded model
+        return cache.get(servable.id, servable.task, storage.local_path(servable.storage_key), base_path)
     try:
         return await run_in_threadpool(cache.get, servable.id, servable.task, storage.local_path(servable.storage_key),
                                        base_path)

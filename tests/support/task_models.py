@@ -7,8 +7,8 @@ from tests.support import task_data as data
 
 # task → (dataset builder, base model, predict input)
 CASES = {
-    "question-answering": (data.question_answering, "tiny/bert", {"question": "what did alice love ?",
-                                                                  "context": "alice loved the movie . bob hated the plot ."}),
+    "question-answering": (data.question_answering, "tiny/bert", {
+        "question": "what did alice love ?", "context": "alice loved the movie . bob hated the plot ."}),
     "summarization": (data.summarization, "tiny/t5", "alice and bob movie story plot great"),
     "text-generation": (data.prompt_completion, "tiny/gpt2", "the movie was great =>"),
     "multi-label-classification": (data.multi_label, "tiny/bert", "the team won and new phone released"),
@@ -42,7 +42,8 @@ def train_task_models(stack) -> dict[tuple[str, str], dict]:
             "chat_template": data.CHATML, "hyperparameters": {**FAST, "learning_rate": lr["full"]}}
         requests[("question-answering", "merged")] = {
             "model": "tiny/bert", "training_file": files["question-answering"],
-            "hyperparameters": {**FAST, "learning_rate": lr["lora"]}, "adapter": {"type": "lora", "r": 8, "merge": True}}
+            "hyperparameters": {**FAST, "learning_rate": lr["lora"]},
+            "adapter": {"type": "lora", "r": 8, "merge": True}}
         sentiment = _upload(c, "sentiment.jsonl", data.sentiment(300))
         for variant, seed in (("full", 1), ("lora", 1), ("lora-2", 2)):
             requests[("text-classification", variant)] = {
