@@ -58,6 +58,14 @@ class ModelCache:
         self._guard = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
 
+    def peek(self, model_id: str) -> LoadedModel | None:
+        """The model if it is loaded (marked as just used), without ever loading it."""
+        with self._guard:
+            loaded = self._models.get(model_id)
+            if loaded is not None:
+                self._models.move_to_end(model_id)
+            return loaded
+
     def get(self, model_id: str, task: str, path: Path, base_path: Path | None = None) -> LoadedModel:
         with self._guard:
             if model_id in self._models:

@@ -47,8 +47,9 @@ async def load(settings: Settings, storage: LocalStorage, project: Project, cach
     with _locations_lock:
         found = _locations.get((project.id, model_id))
     servable, base_path = found or await run_in_threadpool(_locate, settings, project, model_id)
-    if servable.id in cache:  # the common case: no thread hop for a loaded model
-        return cache.get(servable.id, servable.task, storage.local_path(servable.storage_key), base_path)
+    loaded = cache.peek(servable.id)
+    if loaded is not None:  # the common case: no thread hop for a loaded model
+        return loaded
     try:
         return await run_in_threadpool(cache.get, servable.id, servable.task, storage.local_path(servable.storage_key),
                                        base_path)

@@ -71,6 +71,13 @@ def multi_label(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+def scores(n: int, seed: int = 0) -> list[dict]:
+    """A rating from 1 to 5 that follows the review's adjective."""
+    rng = random.Random(seed)
+    return [{"text": f"the {rng.choice(THINGS)} was {word}", "score": 5.0 if word in GOOD else 1.0}
+            for word in (rng.choice(GOOD + BAD) for _ in range(n))]
+
+
 def sentiment(n: int, seed: int = 0) -> list[dict]:
     return [{"text": r["prompt"].removesuffix(" =>"), "label": r["completion"].strip()}
             for r in prompt_completion(n, seed)]

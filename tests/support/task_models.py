@@ -50,9 +50,16 @@ def train_task_models(stack) -> dict[tuple[str, str], dict]:
                 "model": "tiny/bert", "training_file": sentiment, "seed": seed,
                 "hyperparameters": {**FAST, "learning_rate": lr[variant[:4]]},
                 **({"adapter": {"type": "lora", "r": 8}} if variant != "full" else {})}
-        requests[("token-classification", "full")] = {
-            "model": "tiny/bert", "training_file": _upload(c, "ner.jsonl", data.ner(300)),
-            "hyperparameters": {**FAST, "learning_rate": lr["full"]}}
+        ner = _upload(c, "ner.jsonl", data.ner(300))
+        scores = _upload(c, "scores.jsonl", data.scores(300))
+        for variant in ("full", "lora"):
+            adapter = {"adapter": {"type": "lora", "r": 8}} if variant == "lora" else {}
+            requests[("token-classification", variant)] = {
+                "model": "tiny/bert", "training_file": ner,
+                "hyperparameters": {**FAST, "learning_rate": lr[variant]}, **adapter}
+            requests[("text-regression", variant)] = {  # whole-number scores would read as classes
+                "model": "tiny/bert", "training_file": scores, "task": "text-regression",
+                "hyperparameters": {**FAST, "learning_rate": lr[variant]}, **adapter}
         jobs = {}
         for key, body in requests.items():
             response = c.post("/v1/fine_tuning/jobs", json=body)
