@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One call on a GPU machine (or any machine): what the device is, the GPU-relevant tests, and the
+# serving benchmark, as a short table. Installs nothing; run it from the repository root after
+# `make install` (the device tool carries .venv along).
+#
+#   bash bench/gpu_check.sh [seconds per load level, default 10]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+SECONDS_PER_LEVEL=${1:-10}
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+echo "== device"
+"$PY" - <<'PY'
+import torch
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print(f"cuda: {p.name}, {p.total_memory / 2**30:.0f} GiB, capability {p.major}.{p.minor}, "
+          f"bf16 {torch.cuda.is_bf16_supported()}, torch {torch.__version__}")
+else:
+    print(f"no GPU: CPU only ({torch.get_num_threads()} threads), torch {torch.__version__}")
+PY
+
+echo "== training core and serving tests (tiny models; on a GPU they train and serve in bf16)"
+"$PY" -m pytest -q -p no:cacheprovider tests/test_training_core.py tests/test_serving.py 2>&1 | tail -n 3
+
+echo "== serving benchmark (bench/serving.py)"
+"$PY" -m bench.serving --seconds "$SECONDS_PER_LEVEL" 2>&1 | grep -E "^(load generator|device|clients| +[0-9]+ )"
