@@ -12,4 +12,5 @@ BATCH_INPUTS = Histogram("finetune_predict_batch_inputs", "Inputs per batched fo
                          buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 CACHE_BYTES = Gauge("finetune_model_cache_bytes", "Memory held by loaded prediction models")
 CACHE_MODELS = Gauge("finetune_model_cache_models", "Fine-tuned models loaded for prediction")
+CACHE_ADAPTERS = Gauge("finetune_model_cache_adapters", "LoRA models loaded for prediction (on shared bases)")
 CACHE_BASES = Gauge("finetune_model_cache_shared_bases", "Base models loaded once and shared by LoRA adapters")

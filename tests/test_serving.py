@@ -78,9 +78,11 @@ def test_concurrent_clients_get_their_own_models_answers(pg_stack, task_models):
     batches = sum(_metric(after, "finetune_predict_batches_total", m) -
                   _metric(before, "finetune_predict_batches_total", m) for m in served.values())
     assert requests == len(calls) and batches < requests, (requests, batches)  # some requests were coalesced
-    # Five LoRA models are loaded; the two sentiment adapters (same base, same labels) share one base.
+    # The two sentiment adapters (same base model, same labels) share one base in memory, so fewer
+    # bases are loaded than adapters (whatever other tests loaded before).
+    adapters = float(re.search(r"^finetune_model_cache_adapters ([0-9.]+)$", after, re.M).group(1))
     bases = float(re.search(r"^finetune_model_cache_shared_bases ([0-9.]+)$", after, re.M).group(1))
-    assert bases == 3, after
+    assert adapters >= 4 and bases <= adapters - 1, after
 
 
 def test_a_crowd_on_one_model_is_served_in_few_batches(pg_stack, task_models):

@@ -14,7 +14,7 @@ from typing import Any
 
 from app.ml.artifacts import load_adapter_into, load_base_for_adapters, load_full, read_service_config
 from app.ml.tasks import get_task
-from app.observability import CACHE_BASES, CACHE_BYTES, CACHE_MODELS
+from app.observability import CACHE_ADAPTERS, CACHE_BASES, CACHE_BYTES, CACHE_MODELS
 
 
 @dataclass
@@ -145,6 +145,7 @@ class ModelCache:
         CACHE_BYTES.set(self._used_bytes())
         CACHE_MODELS.set(len(self._models))
         CACHE_BASES.set(len(self._bases))
+        CACHE_ADAPTERS.set(sum(1 for m in self._models.values() if m.adapter is not None))
 
     def stats(self) -> dict[str, Any]:
         with self._guard:
