@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     housekeeping: bool = True
     # Checkpoints kept per job (the newest ones; older ones are deleted as new ones are written).
     keep_checkpoints: int = 3
+    # Disk a worker may use to keep tokenized datasets for retries and repeated jobs (0 turns it off).
+    token_cache_mb: int = Field(default=10240, ge=0)
 
     # --- webhooks ---
     # Deliver the webhook outbox from a thread in each API process (claims are atomic across replicas).

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on a GPU machine (or any machine): what the device is, the GPU-relevant tests, and the
-# serving benchmark, as a short table. Installs nothing; run it from the repository root after
+# training and serving benchmarks, as short tables (about 7 minutes on an H100). Installs nothing; run it from the repository root after
 # `make install` (the device tool carries .venv along).
 #
 #   bash bench/gpu_check.sh [seconds per load level, default 10]
@@ -21,8 +21,12 @@ else:
     print(f"no GPU: CPU only ({torch.get_num_threads()} threads), torch {torch.__version__}")
 PY
 
-echo "== training core and serving tests (tiny models; on a GPU they train and serve in bf16)"
-"$PY" -m pytest -q -p no:cacheprovider tests/test_training_core.py tests/test_serving.py 2>&1 | tail -n 3
+echo "== training core, fast-defaults and serving tests (tiny models; on a GPU they train and serve in bf16)"
+"$PY" -m pytest -q -p no:cacheprovider tests/test_training_core.py tests/test_performance.py tests/test_serving.py \
+    2>&1 | tail -n 3
+
+echo "== training benchmark (bench/training.py: service vs bare Trainer defaults vs hand-tuned)"
+"$PY" -m bench.training 2>&1 | grep -E "^(device|bert-base|gpt2|minilm|run|service|bare|hand-tuned)"
 
 echo "== serving benchmark (bench/serving.py)"
 "$PY" -m bench.serving --seconds "$SECONDS_PER_LEVEL" 2>&1 | grep -E "^(load generator|device|clients| +[0-9]+ )"

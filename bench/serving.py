@@ -20,7 +20,6 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -28,25 +27,11 @@ from pathlib import Path
 
 import httpx
 
+from bench.service import start_service
+
 REPO = Path(__file__).resolve().parents[1]
 with open(REPO / "examples" / "sentiment.csv", newline="") as _fh:
     SENTENCES = [row["text"] for row in csv.DictReader(_fh)]
-
-
-def start_service(root: Path, port: int, key: str) -> subprocess.Popen:
-    env = {**os.environ, "FT_DATA_DIR": str(root), "FT_API_PORT": str(port), "FT_BOOTSTRAP_API_KEY": key,
-           "HF_HUB_OFFLINE": "1"}
-    log = open(root / "serve.log", "ab")
-    process = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=REPO, env=env, stdout=log,
-                               stderr=subprocess.STDOUT, start_new_session=True)
-    for _ in range(180):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError((root / "serve.log").read_text()[-3000:])
 
 
 def fine_tune(client: httpx.Client) -> str:

@@ -90,7 +90,7 @@ def test_out_of_memory_halves_the_batch_and_keeps_the_effective_batch(base_model
     reporter = Recorder()
     outcome = train(_spec(base_models_dir, batch_size=16, n_epochs=1), DataFile(EXAMPLES / "sentiment.csv", "csv"),
                     None, tmp_path / "model", reporter, extra_callbacks=[OutOfMemoryAbove(4)], progress_interval_s=0)
-    assert outcome.hyperparameters["batch_size"] == 4
+    assert outcome.hyperparameters["per_device_batch_size"] == 4 and outcome.hyperparameters["batch_size"] == 16
     assert outcome.hyperparameters["gradient_accumulation_steps"] == 4  # 16 × 1 == 4 × 4
     warnings = [m for kind, m in reporter.events if "Out of GPU memory" in m]
     assert len(warnings) == 2 and (tmp_path / "model" / "model.safetensors").exists()

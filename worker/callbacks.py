@@ -25,6 +25,9 @@ class Reporter(Protocol):
 
     def checkpoint(self, step: int, epoch: float, path: str, metrics: dict[str, Any]) -> None: ...
 
+    def hyperparameters(self, resolved: dict[str, Any]) -> None:
+        """The hyperparameters as this machine runs them (batch split, precision, compile…)."""
+
 
 class NullReporter:
     """For running the core alone (benchmarks, tests)."""
@@ -39,6 +42,9 @@ class NullReporter:
         return None
 
     def checkpoint(self, step, epoch, path, metrics):
+        pass
+
+    def hyperparameters(self, resolved):
         pass
 
 
@@ -72,14 +78,17 @@ class ProgressCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         now = time.monotonic()
+        request = None
         if now - self._last_stop_check >= min(1.0, self.interval_s):
             self._last_stop_check = now
             request = self.reporter.should_stop()
-            if request:
-                self.stop_requested = request
-                control.should_training_stop = True
-                # Pausing saves a checkpoint at this very step, so resuming repeats nothing.
-                control.should_save = request == "pause"
+        if args.world_size > 1:
+            request = _agree_across_processes(request, args.device)
+        if request:
+            self.stop_requested = request
+            control.should_training_stop = True
+            # Pausing saves a checkpoint at this very step, so resuming repeats nothing.
+            control.should_save = request == "pause"
         if now - self._last_report >= self.interval_s:
             self._last_report = now
             self.reporter.progress(self.snapshot(state), self.latest or None)
@@ -106,6 +115,20 @@ class ProgressCallback(TrainerCallback):
         self.reporter.progress(self.snapshot(state), self.latest or None)
 
 
+STOP_CODES = (None, "cancel", "pause")
+
+
+def _agree_across_processes(request: str | None, device) -> str | None:
+    """The first process's stop request, seen by every process at the same step: a process that
+    stopped alone would leave the others waiting forever in the next gradient exchange."""
+    import torch
+    import torch.distributed as dist
+
+    code = torch.tensor([STOP_CODES.index(request)], device=device)
+    dist.broadcast(code, src=0)
+    return STOP_CODES[int(code.item())]
+
+
 class CheckpointCallback(TrainerCallback):
     """Tells the reporter about each checkpoint once the Trainer has written (and rotated) it."""
 
@@ -113,6 +136,8 @@ class CheckpointCallback(TrainerCallback):
         self.reporter, self.progress, self.service_config = reporter, progress, service_config
 
     def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:  # the first process writes checkpoints; the others only wait
+            return
         path = f"{args.output_dir}/checkpoint-{state.global_step}"
         # Each checkpoint can be served on its own, so it carries what serving needs to know.
         Path(path, SERVICE_CONFIG).write_text(json.dumps(self.service_config))

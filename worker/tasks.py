@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 import traceback
+from functools import partial
 from typing import Any
 
 from celery.utils.log import get_task_logger
@@ -59,6 +60,12 @@ class DbReporter:
             cancel, pause = s.execute(select(Job.cancel_requested, Job.pause_requested)
                                       .where(Job.id == self.job_id)).one()
         return "cancel" if cancel else "pause" if pause else None
+
+    def hyperparameters(self, resolved: dict[str, Any]) -> None:
+        with session_scope() as s:
+            job = s.get(Job, self.job_id)
+            job.hyperparameters = resolved
+            job.method = {"type": "supervised", "supervised": {"hyperparameters": resolved}}
 
     def checkpoint(self, step: int, epoch: float, path: str, metrics: dict[str, Any]) -> None:
         storage = get_storage()
@@ -145,7 +152,8 @@ def run_job(job_id: str) -> str:
 
 
 def _run_claimed(job: Job, settings: Settings) -> str:
-    from worker.training import DataFile, TrainingError, TrainingSpec, latest_checkpoint, resolve_precision, train
+    from worker.launcher import launch
+    from worker.training import DataFile, TrainingError, TrainingSpec, latest_checkpoint, train
 
     storage = get_storage()
     base = list_base_models(settings).get(job.model)
@@ -158,30 +166,29 @@ def _run_claimed(job: Job, settings: Settings) -> str:
         raise TrainingError("file_not_found", f"Training file {job.training_file} was deleted before training.")
 
     def data(file_id: str | None) -> DataFile | None:
-        return DataFile(storage.local_path(files[file_id].storage_key), files[file_id].format) if file_id else None
+        if not file_id:
+            return None
+        record = files[file_id]
+        return DataFile(storage.local_path(record.storage_key), record.format, sha256=record.sha256)
 
-    # Precision depends on the device, known only here: the job shows what this worker will use.
-    hyperparameters = {**job.hyperparameters,
-                       "precision": resolve_precision(job.hyperparameters.get("precision", "auto"))}
-    with session_scope() as s:
-        row = s.get(Job, job.id)
-        row.hyperparameters = hyperparameters
-        row.method = {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}}
     checkpoint_prefix = f"checkpoints/{job.project_id}/{job.id}"
     checkpoint_dir = storage.local_path(checkpoint_prefix)
     spec = TrainingSpec(task=job.task, base_model_path=str(base.path), base_model=job.model,
                         column_mapping=job.column_mapping,
-                        plan=job.training_plan, hyperparameters=hyperparameters, seed=job.seed,
+                        plan=job.training_plan, hyperparameters=job.hyperparameters, seed=job.seed,
                         checkpoint_dir=checkpoint_dir, keep_checkpoints=settings.keep_checkpoints,
-                        resume_from=latest_checkpoint(checkpoint_dir))
+                        resume_from=latest_checkpoint(checkpoint_dir),
+                        token_cache_dir=settings.data_dir.resolve() / "cache" / "tokenized"
+                        if settings.token_cache_mb else None, token_cache_bytes=settings.token_cache_mb * 2**20)
     work = settings.data_dir.resolve() / "work" / job.id
     output = work / "model"
     shutil.rmtree(work, ignore_errors=True)
     started = time.monotonic()
     try:
-        outcome = train(spec, data(job.training_file), data(job.validation_file), output,
-                        DbReporter(job, checkpoint_prefix), work_dir=work,
-                        progress_interval_s=settings.progress_interval_s)
+        devices = int(job.hyperparameters.get("devices") or 1)
+        run = train if devices == 1 else partial(launch, devices=devices)
+        outcome = run(spec, data(job.training_file), data(job.validation_file), output,
+                      DbReporter(job, checkpoint_prefix), work_dir=work, progress_interval_s=settings.progress_interval_s)
         if outcome.stopped == "cancel":
             _finish(job.id, st.CANCELLED, "Job cancelled.", trained_tokens=outcome.trained_tokens)
             return "cancelled"
@@ -208,12 +215,12 @@ def _register_model(job: Job, outcome, output, storage, seconds: float) -> str:
         results = write_metrics_csv(s, storage, row)
         final_progress = {**(row.progress or {}), "step": outcome.steps, "total_steps": outcome.steps,
                           "percent": 100.0, "eta_seconds": 0}
-        hyperparameters = {**row.hyperparameters, **{k: outcome.hyperparameters[k] for k in
-                                                      ("batch_size", "gradient_accumulation_steps")}}
+        hyperparameters = outcome.hyperparameters  # as trained: an out-of-memory retry may have split batches
         if not transition(s, job.id, st.RUNNING, st.SUCCEEDED,
                           f"Training finished in {seconds:.0f}s; model {model_id} is ready.",
                           data={"metrics": outcome.metrics}, fine_tuned_model=model_id,
                           trained_tokens=outcome.trained_tokens, metrics=outcome.metrics, progress=final_progress,
-                          result_files=[results.id], hyperparameters=hyperparameters):
+                          result_files=[results.id], hyperparameters=hyperparameters,
+                          method={"type": "supervised", "supervised": {"hyperparameters": hyperparameters}}):
             raise TrainingError("job_state_changed", "The job was moved by someone else while it trained.")
     return "succeeded"

@@ -7,25 +7,24 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import os
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.data.scan import iter_records
-from app.ml.tasks import get_task
-from app.ml.hyperparams import holdout_rows
 from app.ml.adapters import wrap
 from app.ml.artifacts import SERVICE_CONFIG
+from app.ml.tasks import get_task
+from worker import runtime
 from worker.callbacks import CheckpointCallback, DerivedMetricsCallback, NullReporter, ProgressCallback, Reporter
+from worker.preparation import DataFile, EmptyTrainingFile, prepare
+from worker.token_cache import TokenCache
+
+__all__ = ["DataFile", "TrainingSpec", "TrainingError", "TrainingOutcome", "train", "latest_checkpoint"]
 
 log = logging.getLogger(__name__)
-
-
-
-@dataclass
-class DataFile:
-    path: Path
-    format: str
 
 
 @dataclass
@@ -41,6 +40,9 @@ class TrainingSpec:
     keep_checkpoints: int = 3
     resume_from: Path | None = None
     base_model: str = ""  # the base model's id, written next to the weights for serving
+    # Where tokenized datasets are kept between jobs (None: not kept), and how much of the disk they may use.
+    token_cache_dir: Path | None = None
+    token_cache_bytes: int = 10 * 2**30
 
 
 def service_config(spec: TrainingSpec, hp: dict[str, Any], metrics: dict[str, float] | None = None) -> dict[str, Any]:
@@ -69,30 +71,9 @@ class TrainingError(Exception):
         self.code, self.message = code, message
 
 
-def resolve_precision(requested: str) -> str:
-    import torch
-
-    if requested != "auto":
-        if requested in ("bf16", "fp16") and not torch.cuda.is_available():
-            return "fp32"  # mixed precision is a GPU feature; on CPU it would only slow down or fail
-        return requested
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
-
-
-def load_rows(data: DataFile, task, spec: TrainingSpec, cache_dir: Path | None):
-    """A file → a ``datasets.Dataset`` of the task's canonical columns, written to Arrow on disk as it
-    is read (never held whole in memory), through the same reader that validated the file."""
-    from datasets import Dataset
-
-    def rows(path: str, fmt: str):
-        for number, record in enumerate(iter_records(Path(path), fmt)):
-            # row_id lets tasks that split one row into several windows (QA) put them back together.
-            yield {"row_id": number, **task.row(record, spec.column_mapping, spec.plan)}
-
-    return Dataset.from_generator(rows, gen_kwargs={"path": str(data.path), "fmt": data.format},
-                                  cache_dir=str(cache_dir) if cache_dir else None)
+def _distributed() -> bool:
+    """Whether this process is one of several launched together (``accelerate launch``)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def train(spec: TrainingSpec, train_file: DataFile, valid_file: DataFile | None, output_dir: Path,
@@ -103,44 +84,38 @@ def train(spec: TrainingSpec, train_file: DataFile, valid_file: DataFile | None,
     reporter = reporter or NullReporter()
     work_dir = work_dir or output_dir.parent / f"{output_dir.name}.work"
     task = get_task(spec.task)
-    hp = dict(spec.hyperparameters)
-    hp["precision"] = resolve_precision(hp.get("precision", "auto"))
     set_seed(spec.seed)
+    requested = spec.hyperparameters
 
     # Task-specific hyperparameters (completion_only_loss…) reach the tokenizer through the plan.
-    plan = {**spec.plan, **{k: hp[k] for k in task.default_hyperparameters if k in hp}}
+    plan = {**spec.plan, **{k: requested[k] for k in task.default_hyperparameters if k in requested}}
     tokenizer = task.prepare_tokenizer(AutoTokenizer.from_pretrained(spec.base_model_path), plan)
-    max_length = int(hp["max_seq_length"])
+    max_length = int(requested["max_seq_length"])
+    cache = TokenCache(spec.token_cache_dir, spec.token_cache_bytes)
+    # Several processes of one job: the first tokenizes (and fills the cache), the others then read it.
+    first = _main_process_first() if _distributed() else nullcontext()
+    try:
+        with first:
+            data = prepare(task, tokenizer, spec.base_model_path, spec.column_mapping, plan, max_length, spec.seed,
+                           train_file, valid_file, work_dir, cache)
+    except EmptyTrainingFile:
+        raise TrainingError("empty_training_file", "The training file has no usable rows.") from None
+    if data.held_out:
+        reporter.event(f"No validation file: {data.held_out} training rows are held out for evaluation.",
+                       data={"held_out_rows": data.held_out})
+    reporter.event(f"Tokenized {data.rows} training rows into {len(data.train)} examples "
+                   f"({data.tokens_per_epoch} tokens per epoch)" + (", from the tokenization cache." if data.from_cache
+                                                                   else "."),
+                   data={"rows": data.rows, "examples": len(data.train), "tokens_per_epoch": data.tokens_per_epoch,
+                         "from_cache": data.from_cache})
 
-    train_rows = load_rows(train_file, task, spec, work_dir / "datasets")
-    eval_rows = load_rows(valid_file, task, spec, work_dir / "datasets") if valid_file else None
-    if len(train_rows) == 0:
-        raise TrainingError("empty_training_file", "The training file has no usable rows.")
-    # Rows are held out before tokenizing, so that all windows of one row land on the same side.
-    held_out = holdout_rows(len(train_rows), valid_file is not None)
-    if held_out:
-        split = train_rows.train_test_split(test_size=held_out, seed=spec.seed, shuffle=True)
-        train_rows, eval_rows = split["train"], split["test"]
-        reporter.event(f"No validation file: {held_out} training rows are held out for evaluation.",
-                       data={"held_out_rows": held_out})
-
-    def tokenized(rows):
-        return rows.map(lambda batch: task.tokenize(batch, tokenizer, plan, max_length), batched=True,
-                        remove_columns=rows.column_names)
-
-    train_set = tokenized(train_rows)
-    eval_set = tokenized(eval_rows) if eval_rows is not None else None
-    tokens_per_epoch = sum(len(ids) for ids in train_set["input_ids"])
-    reporter.event(f"Tokenized {len(train_rows)} training rows into {len(train_set)} examples "
-                   f"({tokens_per_epoch} tokens per epoch).",
-                   data={"rows": len(train_rows), "examples": len(train_set), "tokens_per_epoch": tokens_per_epoch})
-
+    steps = math.ceil(len(data.train) / int(requested["batch_size"])) * float(requested["n_epochs"])
+    hp = runtime.resolve(requested, task, total_steps=int(steps))
     resume_from = spec.resume_from
     while True:
         try:
-            trainer, progress, result = _fit(spec, task, tokenizer, hp, train_set, eval_set, reporter,
-                                             tokens_per_epoch, progress_interval_s, work_dir, resume_from,
-                                             extra_callbacks or [])
+            trainer, progress, result = _fit(spec, task, tokenizer, hp, data, reporter, progress_interval_s,
+                                             work_dir, resume_from, extra_callbacks or [])
             break
         except Exception as exc:
             if not _is_out_of_memory(exc):
@@ -148,37 +123,65 @@ def train(spec: TrainingSpec, train_file: DataFile, valid_file: DataFile | None,
             resume_from = _recover_from_oom(spec, hp, reporter) or resume_from
 
     outcome = TrainingOutcome(steps=result.global_step, hyperparameters=hp,
-                              trained_tokens=int(tokens_per_epoch * float(hp["n_epochs"])),
+                              trained_tokens=int(data.tokens_per_epoch * float(hp["n_epochs"])),
                               stopped=progress.stop_requested)
     if progress.stop_requested:
         return outcome
-    outcome.metrics = {"train_loss": float(result.training_loss)}
-    if eval_set is not None:
+    runtime_s = float(result.metrics.get("train_runtime") or 0.0)
+    outcome.metrics = {"train_loss": float(result.training_loss), "train_runtime": round(runtime_s, 3)}
+    if runtime_s:
+        # Throughput of the training loop, counting real (non-pad) tokens only.
+        epochs_done = result.global_step / max(1, trainer.state.max_steps) * float(hp["n_epochs"])
+        outcome.metrics["train_tokens_per_second"] = round(data.tokens_per_epoch * epochs_done / runtime_s, 1)
+    if data.eval is not None:
         evaluated = trainer.evaluate()
         outcome.metrics.update({k: float(v) for k, v in evaluated.items()
                                 if isinstance(v, (int, float)) and not k.endswith(("_runtime", "_per_second"))})
-    output_dir.mkdir(parents=True, exist_ok=True)
-    model = trainer.model
-    if hp.get("adapter") and hp["adapter"].get("merge"):
-        model = model.merge_and_unload()  # a standalone model: the adapter folded into the base weights
-    # save_pretrained rather than trainer.save_model: the latter adds training_args.bin, a pickle, and
-    # everything this service hands out is safetensors + JSON. A peft model saves its adapter only.
-    model.save_pretrained(str(output_dir), safe_serialization=True)
-    tokenizer.save_pretrained(str(output_dir))
-    (output_dir / SERVICE_CONFIG).write_text(json.dumps(service_config(spec, hp, outcome.metrics), indent=2))
+    if trainer.is_world_process_zero():
+        _save(trainer, tokenizer, hp, spec, outcome, output_dir)
     del trainer
     _free_accelerator_memory()
     return outcome
 
 
-def _fit(spec, task, tokenizer, hp, train_set, eval_set, reporter, tokens_per_epoch, progress_interval_s,
-         work_dir, resume_from, extra_callbacks):
+def _save(trainer, tokenizer, hp, spec, outcome, output_dir: Path) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if hp.get("adapter") and hp["adapter"].get("merge"):
+        model = model.merge_and_unload()  # a standalone model: the adapter folded into the base weights
+    if hasattr(model.config, "use_cache"):
+        model.config.use_cache = True  # training ran without a key/value cache; generation wants one
+    # save_pretrained rather than trainer.save_model: the latter adds training_args.bin, a pickle, and
+    # everything this service hands out is safetensors + JSON. A peft model saves its adapter only.
+    model.save_pretrained(str(output_dir), safe_serialization=True)
+    tokenizer.save_pretrained(str(output_dir))
+    (output_dir / SERVICE_CONFIG).write_text(json.dumps(service_config(spec, hp, outcome.metrics), indent=2))
+
+
+def _main_process_first():
+    from accelerate import PartialState
+
+    import torch
+
+    return PartialState(cpu=not torch.cuda.is_available()).main_process_first()
+
+
+def _fit(spec, task, tokenizer, hp, data, reporter, progress_interval_s, work_dir, resume_from, extra_callbacks):
     import torch
     from transformers import (EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer,
                               TrainingArguments)
 
     model = task.load_model(spec.base_model_path, spec.plan)
     model.config.ft_max_seq_length = int(hp["max_seq_length"])
+    if hasattr(model.config, "use_cache"):
+        model.config.use_cache = False  # a cache is for generation; in training it only costs memory
+    if hp.get("packing"):
+        from app.ml.packing import packing_works
+
+        if not packing_works(model, model.config.vocab_size):
+            hp["packing"] = False
+            reporter.event(f"Packing is off: this architecture ({model.config.model_type}) does not keep packed "
+                           "examples apart, so each example gets a padded row of its own.", level="warning")
     if hp.get("adapter"):
         model = wrap(model, hp["adapter"], task.peft_task_type)
         trainable, total = model.get_nb_trainable_parameters()
@@ -186,29 +189,42 @@ def _fit(spec, task, tokenizer, hp, train_set, eval_set, reporter, tokens_per_ep
                        f"({100 * trainable / total:.2f}%).",
                        data={"trainable_parameters": trainable, "total_parameters": total})
     on_gpu = torch.cuda.is_available()
+    collator = task.collator(tokenizer, model, pad_to_multiple_of=8 if on_gpu else None,
+                             packing_length=int(hp["max_seq_length"]) if hp.get("packing") else None)
+    if "gradient_accumulation_steps" not in spec.hyperparameters and not _distributed():
+        runtime.fit_batch_to_memory(hp, model, data.train, collator, reporter)
+    reporter.hyperparameters(hp)
+    eval_set = data.eval
     evaluating = eval_set is not None and hp.get("eval_every")
     checkpointing = spec.checkpoint_dir is not None and hp.get("checkpoint_every")
     early_stopping = bool(evaluating and checkpointing and hp.get("early_stopping_patience"))
     generating = task.evaluates_generations
     extra_args = {"predict_with_generate": True, "generation_max_length": int(spec.plan["max_target_length"])} \
         if generating else {}
+    workers = int(hp["dataloader_workers"])
     args = (Seq2SeqTrainingArguments if generating else TrainingArguments)(
         **extra_args,
         label_names=list(task.label_names),
         output_dir=str(spec.checkpoint_dir or work_dir / "trainer"),
-        per_device_train_batch_size=int(hp["batch_size"]),
-        per_device_eval_batch_size=int(hp["batch_size"]) * 2,
+        per_device_train_batch_size=int(hp["per_device_batch_size"]),
+        per_device_eval_batch_size=int(hp["per_device_batch_size"]) * 2,
         gradient_accumulation_steps=int(hp["gradient_accumulation_steps"]),
         num_train_epochs=float(hp["n_epochs"]),
         learning_rate=float(hp["learning_rate"]),
         weight_decay=float(hp["weight_decay"]),
         warmup_steps=float(hp["warmup_ratio"]),  # transformers 5: a float below 1 is a ratio of total steps
         lr_scheduler_type=hp["lr_scheduler"],
+        optim=hp["optimizer"],
         bf16=hp["precision"] == "bf16",
         fp16=hp["precision"] == "fp16",
-        tf32=True if on_gpu and torch.cuda.get_device_capability()[0] >= 8 else None,
+        tf32=True if hp["tf32"] else None,
+        torch_compile=bool(hp["torch_compile"]),
         # Rows of similar length share a batch, so dynamic padding wastes little.
-        train_sampling_strategy="group_by_length",
+        train_sampling_strategy="group_by_length" if hp["group_by_length"] else "random",
+        dataloader_num_workers=workers,
+        dataloader_persistent_workers=workers > 0,
+        dataloader_prefetch_factor=4 if workers else None,
+        dataloader_pin_memory=on_gpu,
         logging_steps=10,
         eval_strategy="steps" if evaluating else "no",
         eval_steps=int(hp["eval_every"]) if evaluating else None,
@@ -222,22 +238,28 @@ def _fit(spec, task, tokenizer, hp, train_set, eval_set, reporter, tokens_per_ep
         disable_tqdm=True,
         seed=spec.seed,
         data_seed=spec.seed,
-        dataloader_pin_memory=on_gpu,
         use_cpu=not on_gpu,
+        ddp_find_unused_parameters=False if _distributed() else None,
+        # transformers would multiply every loss by the process count, expecting it to be divided by a
+        # token count gathered from all processes; classification heads ignore that count, which would
+        # double their gradients on two processes. DDP's gradient mean is the right scale for all tasks.
+        average_tokens_across_devices=False,
     )
     samples_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
-    progress = ProgressCallback(reporter, samples_per_step, tokens_per_epoch / len(train_set), progress_interval_s)
+    progress = ProgressCallback(reporter, samples_per_step, data.tokens_per_epoch / len(data.train),
+                                progress_interval_s)
     callbacks = [DerivedMetricsCallback(task), progress,
                  CheckpointCallback(reporter, progress, service_config(spec, hp)), *extra_callbacks]
     if early_stopping:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=int(hp["early_stopping_patience"])))
+
     def compute_metrics(p):
         return task.metrics(p.predictions, p.label_ids, spec.plan, features=eval_set, tokenizer=tokenizer)
 
     trainer = _in_order_evaluation(Seq2SeqTrainer if generating else Trainer)(
-        model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
+        model=model, args=args, train_dataset=data.train, eval_dataset=eval_set,
         processing_class=tokenizer,
-        data_collator=task.collator(tokenizer, model, pad_to_multiple_of=8 if on_gpu else None),
+        data_collator=collator,
         compute_metrics=compute_metrics if task.metrics_from_predictions else None,
         callbacks=callbacks,
     )
@@ -270,16 +292,17 @@ def _recover_from_oom(spec: TrainingSpec, hp: dict[str, Any], reporter: Reporter
     """Halve the per-device batch and double accumulation (same effective batch), or give up with a
     message that says what to change. Returns the newest checkpoint to resume from, if any."""
     _free_accelerator_memory()
-    batch = int(hp["batch_size"])
+    batch = int(hp["per_device_batch_size"])
     if batch <= 1:
         raise TrainingError("out_of_memory", "The GPU ran out of memory even with a per-device batch of 1. "
                             f"Lower max_seq_length (now {hp['max_seq_length']}), use bf16/fp16 precision, or "
                             "fine-tune a smaller base model.")
-    hp["batch_size"] = batch // 2
+    hp["per_device_batch_size"] = batch // 2
     hp["gradient_accumulation_steps"] = int(hp["gradient_accumulation_steps"]) * 2
-    reporter.event(f"Out of GPU memory with batch_size {batch}; retrying with batch_size {hp['batch_size']} and "
-                   f"gradient_accumulation_steps {hp['gradient_accumulation_steps']} (same effective batch).",
-                   level="warning", data={"batch_size": hp["batch_size"],
+    reporter.event(f"Out of GPU memory with a per-device batch of {batch}; retrying with "
+                   f"{hp['per_device_batch_size']} and gradient_accumulation_steps "
+                   f"{hp['gradient_accumulation_steps']} (same examples per optimiser step).",
+                   level="warning", data={"per_device_batch_size": hp["per_device_batch_size"],
                                           "gradient_accumulation_steps": hp["gradient_accumulation_steps"]})
     return latest_checkpoint(spec.checkpoint_dir)
 

@@ -30,12 +30,21 @@ class Hyperparameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     n_epochs: int | Auto | None = Field(default=None, description="Passes over the training file.")
-    batch_size: int | Auto | None = None
+    batch_size: int | Auto | None = Field(default=None, description="Examples per optimiser step.")
     learning_rate_multiplier: float | Auto | None = None
     learning_rate: float | Auto | None = None
     warmup_ratio: float | Auto | None = None
     weight_decay: float | Auto | None = None
-    gradient_accumulation_steps: int | Auto | None = None
+    gradient_accumulation_steps: int | Auto | None = Field(default=None, description="Micro-batches per optimiser "
+                                                          "step (default: as few as fit in device memory).")
+    per_device_batch_size: int | Auto | None = Field(default=None, description="Examples per device per forward "
+                                                     "pass (default: batch_size split across devices and "
+                                                     "accumulation, shrunk to what fits).")
+    devices: int | Auto | None = Field(default=None, description="GPUs (processes on CPU) to train on in "
+                                                                 "data-parallel; default 1.")
+    torch_compile: bool | Auto | None = Field(default=None, description="Compile the model with torch.compile "
+                                                                        "(default: on GPU for jobs long enough "
+                                                                        "to repay the compile time).")
     max_seq_length: int | Auto | None = None
     lr_scheduler: Literal["auto", "linear", "cosine", "constant", "constant_with_warmup", "polynomial",
                           "cosine_with_restarts"] | None = None
@@ -45,6 +54,8 @@ class Hyperparameters(BaseModel):
     early_stopping_patience: int | Auto | None = None
     completion_only_loss: bool | None = Field(default=None, description="text-generation: train on the completion "
                                                                         "/ assistant tokens only (default true).")
+    packing: bool | None = Field(default=None, description="text-generation: lay a batch's examples end to end in "
+                                                           "shared rows instead of padding each (default true).")
     adapter: Adapter | None = None
 
     def checked(self) -> dict[str, Any]:
@@ -54,6 +65,7 @@ class Hyperparameters(BaseModel):
         limits = {"n_epochs": (1, 100), "batch_size": (1, 4096), "learning_rate_multiplier": (1e-3, 100),
                   "learning_rate": (1e-8, 1.0), "warmup_ratio": (0.0, 0.5), "weight_decay": (0.0, 1.0),
                   "gradient_accumulation_steps": (1, 1024), "max_seq_length": (8, 32768),
+                  "per_device_batch_size": (1, 4096), "devices": (1, 64),
                   "eval_every": (1, 10**7), "checkpoint_every": (1, 10**7), "early_stopping_patience": (1, 1000)}
         values = self.model_dump(exclude_none=True, exclude={"adapter"})
         for key, (lo, hi) in limits.items():

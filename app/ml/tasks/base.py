@@ -96,8 +96,9 @@ class Task(ABC):
         """Adjust a base model's tokenizer for this task (a pad token, a chat template)."""
         return tokenizer
 
-    def collator(self, tokenizer, model, pad_to_multiple_of: int | None):
-        """Pads each batch to its own longest row (dynamic padding)."""
+    def collator(self, tokenizer, model, pad_to_multiple_of: int | None, packing_length: int | None = None):
+        """Pads each batch to its own longest row (dynamic padding). Tasks that can pack examples
+        into shared rows do so when given ``packing_length``."""
         from transformers import DataCollatorWithPadding
 
         return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of)

@@ -62,7 +62,7 @@ class Summarization(Task):
                                       max_length=int(plan["max_target_length"]))["input_ids"]
         return encoded
 
-    def collator(self, tokenizer, model, pad_to_multiple_of):
+    def collator(self, tokenizer, model, pad_to_multiple_of, packing_length=None):
         from transformers import DataCollatorForSeq2Seq
 
         # With the model, the collator also builds decoder_input_ids (labels shifted right).

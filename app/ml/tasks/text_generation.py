@@ -56,7 +56,7 @@ class TextGeneration(Task):
     length_roles = ("prompt", "completion", "messages")
     max_seq_length_cap = 1024
     metrics_from_predictions = False
-    default_hyperparameters = {"completion_only_loss": True}
+    default_hyperparameters = {"completion_only_loss": True, "packing": True}
 
     def guess_mapping(self, profile):
         messages = find_column(profile, MESSAGES_NAMES)
@@ -164,9 +164,13 @@ class TextGeneration(Task):
             labels_out.append(labels)
         return {"input_ids": ids_out, "attention_mask": [[1] * len(i) for i in ids_out], "labels": labels_out}
 
-    def collator(self, tokenizer, model, pad_to_multiple_of):
+    def collator(self, tokenizer, model, pad_to_multiple_of, packing_length=None):
         from transformers import DataCollatorForSeq2Seq
 
+        if packing_length:
+            from app.ml.packing import PackingCollator
+
+            return PackingCollator(tokenizer.pad_token_id, packing_length, pad_to_multiple_of)
         # Pads input_ids and attention_mask, and labels with IGNORE so padding is never trained on.
         return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE, pad_to_multiple_of=pad_to_multiple_of)
 

@@ -115,7 +115,7 @@ class TokenClassification(Task):
         encoded["labels"] = aligned
         return encoded
 
-    def collator(self, tokenizer, model, pad_to_multiple_of):
+    def collator(self, tokenizer, model, pad_to_multiple_of, packing_length=None):
         from transformers import DataCollatorForTokenClassification
 
         return DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=pad_to_multiple_of)

@@ -1,0 +1,84 @@
+"""What a job would cost, without creating it: steps, trained tokens and seconds per device kind.
+
+Tokens come from tokenizing a sample of the training file exactly as the worker will (the task's own
+tokenize, so QA windows and chat templates count), scaled to the file. Seconds come from training
+FLOPs (6 × parameters × tokens; 4 × with a LoRA adapter, which computes no weight gradients for the
+base, plus 2 × parameters per evaluated token) divided by a FLOP rate per device kind: the median
+rate this deployment's own workers reached on their last jobs where there are any, else the
+datasheet bf16 peak of common GPUs at an assumed 35% model-FLOPs utilisation."""
+
+from __future__ import annotations
+
+import statistics
+from itertools import islice
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.data.scan import iter_records
+from app.db.models import Job
+from app.ml import hyperparams
+from app.ml.base_models import parameter_count
+from app.storage import get_storage
+
+SAMPLE_ROWS = 256
+ASSUMED_MFU = 0.35
+# Dense bf16 tensor-core peaks from the vendors' datasheets (FLOP/s).
+DATASHEET_PEAKS = {"nvidia-h200": 989e12, "nvidia-h100": 989e12, "nvidia-a100": 312e12, "nvidia-l40s": 362e12,
+                   "nvidia-l4": 121e12, "nvidia-a10g": 125e12}
+HISTORY_JOBS = 20
+
+
+def tokens_per_row(planned, settings) -> tuple[float, float]:
+    """Mean (examples, tokens) one row of the training file becomes, from a sample of its rows."""
+    from transformers import AutoTokenizer
+
+    task, plan, hp = planned.task, planned.plan, planned.hyperparameters
+    tokenizer = task.prepare_tokenizer(AutoTokenizer.from_pretrained(str(planned.base.path)),
+                                       {**plan, **{k: hp[k] for k in task.default_hyperparameters if k in hp}})
+    path = get_storage().local_path(planned.train.storage_key)
+    rows = [task.row(record, planned.mapping, plan) for record in islice(iter_records(path, planned.train.format),
+                                                                           SAMPLE_ROWS)]
+    if not rows:
+        return 0.0, 0.0
+    batch = {key: [row[key] for row in rows] for key in rows[0]}
+    encoded = task.tokenize(batch, tokenizer, plan, int(hp["max_seq_length"]))
+    return len(encoded["input_ids"]) / len(rows), sum(len(ids) for ids in encoded["input_ids"]) / len(rows)
+
+
+def measured_rates(session: Session, project_id: str) -> dict[str, float]:
+    """Median training FLOP/s per device this project's recent jobs reached."""
+    rates: dict[str, list[float]] = {}
+    recent = session.scalars(select(Job).where(Job.project_id == project_id, Job.status == "succeeded")
+                             .order_by(Job.created_at.desc()).limit(HISTORY_JOBS))
+    for job in recent:
+        rate, device = (job.metrics or {}).get("train_flops_per_second"), (job.hyperparameters or {}).get("device")
+        if rate and device:
+            rates.setdefault(device, []).append(float(rate))
+    return {device: statistics.median(values) for device, values in rates.items()}
+
+
+def estimate(session: Session, settings, project, planned) -> dict[str, Any]:
+    hp = planned.hyperparameters
+    train_rows = planned.train.rows - hyperparams.holdout_rows(planned.train.rows, planned.valid is not None)
+    examples_per_row, row_tokens = tokens_per_row(planned, settings)
+    epochs = int(hp["n_epochs"])
+    trained_tokens = int(row_tokens * train_rows * epochs)
+    steps = hyperparams.total_steps(round(examples_per_row * train_rows), hp)
+    eval_rows = planned.valid.rows if planned.valid is not None else planned.train.rows - train_rows
+    evaluations = (steps // int(hp["eval_every"]) + 1) if hp.get("eval_every") and eval_rows else 0
+    parameters = parameter_count(planned.base.path)
+    flops = (4 if hp.get("adapter") else 6) * parameters * trained_tokens \
+        + 2 * parameters * row_tokens * eval_rows * evaluations
+    seconds, basis = {}, {}
+    for kind, peak in DATASHEET_PEAKS.items():
+        seconds[kind] = round(flops / (peak * ASSUMED_MFU), 1)
+        basis[kind] = f"datasheet bf16 peak at {ASSUMED_MFU:.0%} utilisation"
+    for device, rate in measured_rates(session, project.id).items():
+        seconds[device] = round(flops / rate, 1)
+        basis[device] = "measured: median of this project's recent jobs on this device"
+    return {"object": "fine_tuning.job.estimate", "model": planned.body.model, "task": planned.task.name,
+            "hyperparameters": hp, "examples_per_epoch": round(examples_per_row * train_rows), "steps": steps,
+            "trained_tokens": trained_tokens, "parameters": parameters, "training_flops": flops,
+            "estimated_seconds": seconds, "basis": basis}

@@ -1,0 +1,132 @@
+"""How this machine runs a job fast, decided where the device is known (the worker) and written onto
+the job so that nothing stays "auto": precision and tf32, how the requested batch splits into
+per-device micro-batches × accumulation × processes, the fused optimizer, torch.compile, packing and
+data-loading workers. Each choice says why where it is made."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+OPTIMIZER = "adamw_torch_fused"  # one fused kernel per step instead of a loop over parameters
+# torch.compile costs tens of seconds up front; below this many optimiser steps it rarely pays back.
+COMPILE_MIN_STEPS = 300
+# Memory the batch probe leaves free for what a probe step does not allocate (allocator
+# fragmentation, evaluation, the odd longer batch).
+HEADROOM = 0.85
+
+
+def on_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_precision(requested: str) -> str:
+    import torch
+
+    if requested != "auto":
+        if requested in ("bf16", "fp16") and not torch.cuda.is_available():
+            return "fp32"  # mixed precision is a GPU feature; on CPU it would only slow down or fail
+        return requested
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def resolve(hp: dict[str, Any], task, total_steps: int | None = None) -> dict[str, Any]:
+    """The job's hyperparameters with every runtime choice made for this machine. Values already
+    present (given by the user, or written by an earlier attempt of the same job) are kept, so a
+    resumed job continues with the batch geometry its checkpoints were made with."""
+    import torch
+
+    gpu = torch.cuda.is_available()
+    out = dict(hp)
+    out["precision"] = resolve_precision(hp.get("precision") or "auto")
+    # TF32 matmuls on Ampere and newer: ~8× the fp32 rate, with fp32 range.
+    out["tf32"] = bool(gpu and torch.cuda.get_device_capability()[0] >= 8)
+    out["devices"] = int(hp.get("devices") or 1)
+    out["optimizer"] = OPTIMIZER
+    out["group_by_length"] = True  # dynamic padding wastes little when a batch holds similar lengths
+    compile_choice = hp.get("torch_compile", "auto")
+    if compile_choice in (None, "auto"):
+        # On GPU compiled kernels fuse the many small element-wise ops of a transformer layer. On CPU
+        # the compile time outweighs the gain for fine-tuning-sized jobs, so it stays off there.
+        compile_choice = bool(gpu and (total_steps or 0) >= COMPILE_MIN_STEPS)
+    out["torch_compile"] = bool(compile_choice)
+    if "packing" in task.default_hyperparameters:
+        out["packing"] = bool(hp.get("packing", True))
+    # Workers collate the next batches while the GPU runs this one; on CPU they would only take
+    # cores from the matmuls.
+    cpus = os.cpu_count() or 1
+    out["dataloader_workers"] = min(4, max(1, cpus // out["devices"] - 1)) if gpu else 0
+    out.update(split_batch(int(hp["batch_size"]), out["devices"], hp.get("gradient_accumulation_steps"),
+                           hp.get("per_device_batch_size")))
+    return out
+
+
+def split_batch(batch_size: int, devices: int, accumulation: int | None = None,
+                per_device: int | None = None) -> dict[str, int]:
+    """``batch_size`` examples per optimiser step as per-device micro-batches × accumulation ×
+    devices (rounded up where it does not divide). The batch probe may then shrink the micro-batch."""
+    accumulation = int(accumulation or 1)
+    if not per_device:
+        per_device = max(1, math.ceil(batch_size / (devices * accumulation)))
+    return {"per_device_batch_size": int(per_device), "gradient_accumulation_steps": accumulation}
+
+
+def largest_fitting(start: int, fits: Callable[[int], bool]) -> int:
+    """The largest micro-batch, halving from ``start``, for which ``fits`` holds (at least 1)."""
+    size = start
+    while size > 1 and not fits(size):
+        size = (size + 1) // 2
+    return size
+
+
+def fit_batch_to_memory(hp: dict[str, Any], model, dataset, collator, reporter) -> None:
+    """On a GPU, find the largest per-device micro-batch that fits — trying the longest examples, one
+    forward and backward each — and raise accumulation to keep ``batch_size`` per optimiser step.
+    The caller skips this where the user fixed gradient_accumulation_steps."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    start = int(hp["per_device_batch_size"])
+    longest = sorted(range(len(dataset)), key=lambda i: -dataset[i]["length"])[:start] if "length" in \
+        dataset.column_names else list(range(min(start, len(dataset))))
+    device = torch.device("cuda", torch.cuda.current_device())
+    model.to(device)
+    total = torch.cuda.get_device_properties(device).total_memory
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    optimizer_bytes = trainable * 4 * 2  # AdamW's two fp32 moments, allocated at the first step
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(hp["precision"])
+    columns = [c for c in dataset.column_names if c not in ("length", "row_id", "offset_mapping", "example_id")]
+
+    def fits(size: int) -> bool:
+        features = [{k: dataset[i][k] for k in columns} for i in longest[:size]]
+        try:
+            batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in collator(features).items()}
+            torch.cuda.reset_peak_memory_stats(device)
+            with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
+                loss = model(**batch).loss
+            loss.backward()
+            peak = torch.cuda.max_memory_allocated(device)
+            return peak + optimizer_bytes <= HEADROOM * total
+        except torch.cuda.OutOfMemoryError:
+            return False
+        finally:
+            model.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+
+    chosen = largest_fitting(start, fits)
+    if chosen < start:
+        hp["per_device_batch_size"] = chosen
+        hp["gradient_accumulation_steps"] = int(hp["gradient_accumulation_steps"]) * math.ceil(start / chosen)
+        reporter.event(f"A per-device batch of {start} does not fit in GPU memory at the longest examples; "
+                       f"using {chosen} × {hp['gradient_accumulation_steps']} accumulation steps (same examples per "
+                       "optimiser step).", data={"per_device_batch_size": chosen,
+                                                 "gradient_accumulation_steps": hp["gradient_accumulation_steps"]})
