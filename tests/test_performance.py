@@ -100,3 +100,33 @@ def test_repeated_job_reads_tokenized_data_from_the_cache(base_models_dir, tmp_p
     assert "from the tokenization cache" in again_message and again.trained_tokens == first.trained_tokens
     assert "from the tokenization cache" not in other_message and other.trained_tokens < first.trained_tokens
     assert len(list((tmp_path / "cache").iterdir())) == 2
+
+
+@pytest.mark.parametrize("task_name, model_name", [("text-classification", "bert"), ("text-generation", "gpt2")])
+def test_batch_probe_builds_trainable_worst_case_batches(task_name, model_name, base_models_dir, tmp_path):
+    """The GPU batch probe's batches (the longest examples, the model's own inputs), run here on CPU."""
+    from transformers import AutoTokenizer
+
+    from app.data.scan import scan_file
+    from tests.support import task_data
+    from worker.preparation import prepare
+    from worker.token_cache import TokenCache
+
+    task = get_task(task_name)
+    path = base_models_dir / "tiny" / model_name
+    if task_name == "text-classification":
+        data, mapping = DataFile(EXAMPLES / "sentiment.csv", "csv"), {"text": "text", "label": "label"}
+    else:
+        data = DataFile(tmp_path / "pc.jsonl", "jsonl")
+        data.path.write_bytes(task_data.jsonl(task_data.prompt_completion(40)))
+        mapping = {"prompt": "prompt", "completion": "completion"}
+    plan = task.plan(mapping, scan_file(data.path).profile(), None)
+    tokenizer = task.prepare_tokenizer(AutoTokenizer.from_pretrained(path), plan)
+    prepared = prepare(task, tokenizer, str(path), mapping, plan, 64, 0, data, None, tmp_path, TokenCache(None, 0))
+    model = task.load_model(str(path), plan)
+    collator = task.collator(tokenizer, model, None, packing_length=64 if task_name == "text-generation" else None)
+    batch = runtime.worst_case_batches(model, prepared.train, collator, 8)(8)
+    assert batch["input_ids"].shape[-1] >= max(prepared.train["length"]) and "length" not in batch
+    loss = model(**batch).loss
+    loss.backward()
+    assert torch.isfinite(loss)

@@ -46,6 +46,7 @@ def resolve(hp: dict[str, Any], task, total_steps: int | None = None) -> dict[st
 
     gpu = torch.cuda.is_available()
     out = dict(hp)
+    out["device"] = torch.cuda.get_device_name() if gpu else "cpu"
     out["precision"] = resolve_precision(hp.get("precision") or "auto")
     # TF32 matmuls on Ampere and newer: ~8× the fp32 rate, with fp32 range.
     out["tf32"] = bool(gpu and torch.cuda.get_device_capability()[0] >= 8)
@@ -87,29 +88,45 @@ def largest_fitting(start: int, fits: Callable[[int], bool]) -> int:
     return size
 
 
+def data_lengths(dataset) -> list[int]:
+    return dataset["length"] if "length" in dataset.column_names else [len(ids) for ids in dataset["input_ids"]]
+
+
+def worst_case_batches(model, dataset, collator, largest: int) -> Callable[[int], dict[str, Any]]:
+    """size → a collated batch of the ``size`` longest examples, holding only what the model's
+    forward takes (as the Trainer would hand it over)."""
+    import inspect
+
+    import numpy as np
+
+    longest = np.argsort(-np.asarray(data_lengths(dataset)), kind="stable")[:largest].tolist()
+    forward = (model.get_base_model() if hasattr(model, "get_base_model") else model).forward
+    accepted = set(inspect.signature(forward).parameters) | {"labels"}
+    columns = [c for c in dataset.column_names if c in accepted]
+    worst = dataset.select(longest)
+    return lambda size: collator([{k: worst[i][k] for k in columns} for i in range(min(size, len(worst)))])
+
+
 def fit_batch_to_memory(hp: dict[str, Any], model, dataset, collator, reporter) -> None:
     """On a GPU, find the largest per-device micro-batch that fits — trying the longest examples, one
     forward and backward each — and raise accumulation to keep ``batch_size`` per optimiser step.
-    The caller skips this where the user fixed gradient_accumulation_steps."""
+    The caller skips this where the user fixed gradient_accumulation_steps. The probe only saves
+    time: should it fail for any reason but memory, training goes on with the batch as it was
+    (an out-of-memory error during training still halves it)."""
     import torch
 
     if not torch.cuda.is_available():
         return
     start = int(hp["per_device_batch_size"])
-    longest = sorted(range(len(dataset)), key=lambda i: -dataset[i]["length"])[:start] if "length" in \
-        dataset.column_names else list(range(min(start, len(dataset))))
     device = torch.device("cuda", torch.cuda.current_device())
-    model.to(device)
     total = torch.cuda.get_device_properties(device).total_memory
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     optimizer_bytes = trainable * 4 * 2  # AdamW's two fp32 moments, allocated at the first step
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(hp["precision"])
-    columns = [c for c in dataset.column_names if c not in ("length", "row_id", "offset_mapping", "example_id")]
 
     def fits(size: int) -> bool:
-        features = [{k: dataset[i][k] for k in columns} for i in longest[:size]]
         try:
-            batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in collator(features).items()}
+            batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batches(size).items()}
             torch.cuda.reset_peak_memory_stats(device)
             with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
                 loss = model(**batch).loss
@@ -122,7 +139,13 @@ def fit_batch_to_memory(hp: dict[str, Any], model, dataset, collator, reporter) 
             model.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()
 
-    chosen = largest_fitting(start, fits)
+    try:
+        model.to(device)
+        batches = worst_case_batches(model, dataset, collator, start)
+        chosen = largest_fitting(start, fits)
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        log.warning("batch probe failed; keeping per-device batch %s: %s", start, exc)
+        return
     if chosen < start:
         hp["per_device_batch_size"] = chosen
         hp["gradient_accumulation_steps"] = int(hp["gradient_accumulation_steps"]) * math.ceil(start / chosen)

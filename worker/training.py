@@ -132,7 +132,13 @@ def train(spec: TrainingSpec, train_file: DataFile, valid_file: DataFile | None,
     if runtime_s:
         # Throughput of the training loop, counting real (non-pad) tokens only.
         epochs_done = result.global_step / max(1, trainer.state.max_steps) * float(hp["n_epochs"])
-        outcome.metrics["train_tokens_per_second"] = round(data.tokens_per_epoch * epochs_done / runtime_s, 1)
+        tokens_per_second = data.tokens_per_epoch * epochs_done / runtime_s
+        outcome.metrics["train_tokens_per_second"] = round(tokens_per_second, 1)
+        # Model FLOPs per second (6 × parameters per token; 4 × with an adapter, whose frozen base needs
+        # no weight gradients): what job estimates on this device are calibrated with.
+        parameters = sum(p.numel() for p in trainer.model.parameters())
+        outcome.metrics["train_flops_per_second"] = float((4 if hp.get("adapter") else 6) * parameters
+                                                          * tokens_per_second)
     if data.eval is not None:
         evaluated = trainer.evaluate()
         outcome.metrics.update({k: float(v) for k, v in evaluated.items()

@@ -10,6 +10,7 @@ from app.api.deps import ProjectDep, SessionDep, SettingsDep
 from app.schemas.common import ListPage, page_of
 from app.schemas.jobs import CheckpointObject, EventObject, JobCreate, JobObject
 from app.services import jobs as service
+from app.services.estimates import estimate
 from app.services.event_stream import follow
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
@@ -24,6 +25,13 @@ def create_job(body: JobCreate, session: SessionDep, settings: SettingsDep, proj
         session.commit()  # enqueue strictly after the row is durable
         service.enqueue(settings, job.id)
     return JobObject.of(job)
+
+
+@router.post("/estimate")
+def estimate_job(body: JobCreate, session: SessionDep, settings: SettingsDep, project: ProjectDep) -> dict:
+    """What the job would take (steps, tokens, seconds per device kind), checked like a real job but
+    never created."""
+    return estimate(session, settings, project, service.plan_job(session, settings, project, body))
 
 
 @router.get("", response_model=ListPage[JobObject])

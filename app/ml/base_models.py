@@ -79,3 +79,18 @@ def _scan(settings: Settings) -> dict[str, BaseModel]:
         if path is not None:
             found[BUNDLED_ID] = inspect_folder(BUNDLED_ID, path)
     return found
+
+
+def parameter_count(path: Path) -> int:
+    """Parameters of a safetensors model folder, from the file headers alone."""
+    from safetensors import safe_open
+
+    total = 0
+    for file in sorted(path.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as handle:
+            for name in handle.keys():
+                count = 1
+                for size in handle.get_slice(name).get_shape():
+                    count *= size
+                total += count
+    return total

@@ -30,7 +30,7 @@ DATASHEET_PEAKS = {"nvidia-h200": 989e12, "nvidia-h100": 989e12, "nvidia-a100": 
 HISTORY_JOBS = 20
 
 
-def tokens_per_row(planned, settings) -> tuple[float, float]:
+def tokens_per_row(planned) -> tuple[float, float]:
     """Mean (examples, tokens) one row of the training file becomes, from a sample of its rows."""
     from transformers import AutoTokenizer
 
@@ -62,7 +62,7 @@ def measured_rates(session: Session, project_id: str) -> dict[str, float]:
 def estimate(session: Session, settings, project, planned) -> dict[str, Any]:
     hp = planned.hyperparameters
     train_rows = planned.train.rows - hyperparams.holdout_rows(planned.train.rows, planned.valid is not None)
-    examples_per_row, row_tokens = tokens_per_row(planned, settings)
+    examples_per_row, row_tokens = tokens_per_row(planned)
     epochs = int(hp["n_epochs"])
     trained_tokens = int(row_tokens * train_rows * epochs)
     steps = hyperparams.total_steps(round(examples_per_row * train_rows), hp)

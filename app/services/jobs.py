@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import random
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
@@ -67,19 +68,23 @@ def _request_hash(body: JobCreate) -> str:
     return hashlib.sha256(body.model_dump_json(exclude_none=True).encode()).hexdigest()
 
 
-def create_job(session: Session, settings: Settings, project: Project, body: JobCreate,
-               idempotency_key: str | None = None) -> tuple[Job, bool]:
-    """Returns (job, created). With an Idempotency-Key already used for the same body, the first job."""
-    request_hash = _request_hash(body)
-    if idempotency_key:
-        existing = session.scalar(select(Job).where(Job.project_id == project.id,
-                                                    Job.idempotency_key == idempotency_key))
-        if existing is not None:
-            if existing.request_hash != request_hash:
-                raise ApiError(409, "This Idempotency-Key was already used with a different request body.",
-                               param="Idempotency-Key", code="idempotency_key_reused")
-            return existing, False
+@dataclass
+class PlannedJob:
+    """A job request checked against its files and base model, hyperparameters resolved: all a job
+    (or an estimate of one) is made from."""
 
+    body: JobCreate
+    task: Any
+    mapping: dict[str, str]
+    plan: dict[str, Any]
+    hyperparameters: dict[str, Any]
+    train: File
+    valid: File | None
+    base: Any
+
+
+def plan_job(session: Session, settings: Settings, project: Project, body: JobCreate) -> PlannedJob:
+    """Every check a job request goes through before it may exist; raises a 400 naming the field."""
     method = body.method or _legacy_method(body)
     if method.type != "supervised":
         raise bad_request(f"method.type '{method.type}' is not supported yet; use 'supervised'.", "method.type",
@@ -123,6 +128,25 @@ def create_job(session: Session, settings: Settings, project: Project, body: Job
                                    has_validation_file=valid is not None, task=task, adapter=adapter,
                                    model_width=config.get("hidden_size") or config.get("d_model")
                                    or config.get("n_embd"))
+    return PlannedJob(body, task, mapping, plan, resolved, train, valid, base)
+
+
+def create_job(session: Session, settings: Settings, project: Project, body: JobCreate,
+               idempotency_key: str | None = None) -> tuple[Job, bool]:
+    """Returns (job, created). With an Idempotency-Key already used for the same body, the first job."""
+    request_hash = _request_hash(body)
+    if idempotency_key:
+        existing = session.scalar(select(Job).where(Job.project_id == project.id,
+                                                    Job.idempotency_key == idempotency_key))
+        if existing is not None:
+            if existing.request_hash != request_hash:
+                raise ApiError(409, "This Idempotency-Key was already used with a different request body.",
+                               param="Idempotency-Key", code="idempotency_key_reused")
+            return existing, False
+
+    planned = plan_job(session, settings, project, body)
+    body, train, valid, task_name = planned.body, planned.train, planned.valid, planned.task.name
+    mapping, plan, resolved = planned.mapping, planned.plan, planned.hyperparameters
     job = Job(
         id=new_id("ftjob"), project_id=project.id, model=body.model, task=task_name, training_file=train.id,
         validation_file=valid.id if valid else None, suffix=body.suffix or None,
