@@ -107,6 +107,19 @@ def worst_case_batches(model, dataset, collator, largest: int) -> Callable[[int]
     return lambda size: collator([{k: worst[i][k] for k in columns} for i in range(min(size, len(worst)))])
 
 
+def _smallest_across_processes(size: int, device) -> int:
+    """Processes of one job probe their own GPU; all train with the smallest batch any could fit,
+    so that every process runs the same number of micro-batches per step."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return size
+    value = torch.tensor([size], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return int(value.item())
+
+
 def fit_batch_to_memory(hp: dict[str, Any], model, dataset, collator, reporter) -> None:
     """On a GPU, find the largest per-device micro-batch that fits — trying the longest examples, one
     forward and backward each — and raise accumulation to keep ``batch_size`` per optimiser step.
@@ -118,7 +131,7 @@ def fit_batch_to_memory(hp: dict[str, Any], model, dataset, collator, reporter) 
     if not torch.cuda.is_available():
         return
     start = int(hp["per_device_batch_size"])
-    device = torch.device("cuda", torch.cuda.current_device())
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
     total = torch.cuda.get_device_properties(device).total_memory
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     optimizer_bytes = trainable * 4 * 2  # AdamW's two fp32 moments, allocated at the first step
@@ -145,7 +158,8 @@ def fit_batch_to_memory(hp: dict[str, Any], model, dataset, collator, reporter) 
         chosen = largest_fitting(start, fits)
     except Exception as exc:  # noqa: BLE001 - see the docstring
         log.warning("batch probe failed; keeping per-device batch %s: %s", start, exc)
-        return
+        chosen = start
+    chosen = _smallest_across_processes(chosen, device)
     if chosen < start:
         hp["per_device_batch_size"] = chosen
         hp["gradient_accumulation_steps"] = int(hp["gradient_accumulation_steps"]) * math.ceil(start / chosen)

@@ -197,7 +197,7 @@ def _fit(spec, task, tokenizer, hp, data, reporter, progress_interval_s, work_di
     on_gpu = torch.cuda.is_available()
     collator = task.collator(tokenizer, model, pad_to_multiple_of=8 if on_gpu else None,
                              packing_length=int(hp["max_seq_length"]) if hp.get("packing") else None)
-    if "gradient_accumulation_steps" not in spec.hyperparameters and not _distributed():
+    if "gradient_accumulation_steps" not in spec.hyperparameters:
         runtime.fit_batch_to_memory(hp, model, data.train, collator, reporter)
     reporter.hyperparameters(hp)
     eval_set = data.eval
