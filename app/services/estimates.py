@@ -5,7 +5,8 @@ tokenize, so QA windows and chat templates count), scaled to the file. Seconds c
 FLOPs (6 × parameters × tokens; 4 × with a LoRA adapter, which computes no weight gradients for the
 base, plus 2 × parameters per evaluated token) divided by a FLOP rate per device kind: the median
 rate this deployment's own workers reached on their last jobs where there are any, else the
-datasheet bf16 peak of common GPUs at an assumed 35% model-FLOPs utilisation."""
+datasheet bf16 peak of common GPUs at an assumed 35% model-FLOPs utilisation plus a fixed cost per
+step."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ from app.storage import get_storage
 
 SAMPLE_ROWS = 256
 ASSUMED_MFU = 0.35
+# Python, data loading and optimiser work per step that FLOPs do not capture; it dominates small models.
+ASSUMED_STEP_OVERHEAD_S = 0.01
 # Dense bf16 tensor-core peaks from the vendors' datasheets (FLOP/s).
 DATASHEET_PEAKS = {"nvidia-h200": 989e12, "nvidia-h100": 989e12, "nvidia-a100": 312e12, "nvidia-l40s": 362e12,
                    "nvidia-l4": 121e12, "nvidia-a10g": 125e12}
@@ -73,8 +76,9 @@ def estimate(session: Session, settings, project, planned) -> dict[str, Any]:
         + 2 * parameters * row_tokens * eval_rows * evaluations
     seconds, basis = {}, {}
     for kind, peak in DATASHEET_PEAKS.items():
-        seconds[kind] = round(flops / (peak * ASSUMED_MFU), 1)
-        basis[kind] = f"datasheet bf16 peak at {ASSUMED_MFU:.0%} utilisation"
+        seconds[kind] = round(flops / (peak * ASSUMED_MFU) + steps * ASSUMED_STEP_OVERHEAD_S, 1)
+        basis[kind] = (f"datasheet bf16 peak at {ASSUMED_MFU:.0%} utilisation, plus "
+                       f"{ASSUMED_STEP_OVERHEAD_S * 1000:.0f} ms per step")
     for device, rate in measured_rates(session, project.id).items():
         seconds[device] = round(flops / rate, 1)
         basis[device] = "measured: median of this project's recent jobs on this device"
