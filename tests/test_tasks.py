@@ -108,7 +108,9 @@ def test_task_trains_and_serves(pg_stack, trained, task, variant):
         assert batch == [single, single]
     elif task == "summarization":
         assert {"eval_rouge1", "eval_rouge2", "eval_rougeL", "eval_rougeLsum"} <= set(metrics)
-        assert variant == "lora" or metrics["eval_rouge1"] >= 0.2, metrics
+        # A 2-layer, 32-wide T5 from random weights (its tokenizer's vocabulary order varies by session)
+        # lands between 0.18 and 0.32 here; untrained, it scores about zero.
+        assert variant == "lora" or metrics["eval_rouge1"] >= 0.12, metrics
         assert set(single[0]) == {"summary_text"} and isinstance(single[0]["summary_text"], str)
         assert len(single) == 1 and batch == [single[0], single[0]]
     elif task == "text-generation":

@@ -90,7 +90,12 @@ def build_tiny_t5(path: Path) -> Path:
 
 
 def build_base_models(root: Path) -> Path:
-    """The folder layout an operator uses: ``<root>/<org>/<name>`` with safetensors + tokenizer."""
+    """The folder layout an operator uses: ``<root>/<org>/<name>`` with safetensors + tokenizer. The
+    random weights are seeded, so every test session starts from the same base models and quality
+    floors do not move with the draw."""
+    import torch
+
+    torch.manual_seed(0)
     build_tiny_bert(root / "tiny" / "bert")
     build_tiny_gpt2(root / "tiny" / "gpt2")
     build_tiny_t5(root / "tiny" / "t5")
