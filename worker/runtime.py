@@ -20,12 +20,6 @@ COMPILE_MIN_STEPS = 300
 HEADROOM = 0.85
 
 
-def on_gpu() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def resolve_precision(requested: str) -> str:
     import torch
 

@@ -22,6 +22,7 @@ from app.db.models import Checkpoint, File, FineTunedModel, Job, now
 from app.ids import new_id, short_job_id
 from app.ml.base_models import list_base_models
 from app.storage import get_storage
+from app.schemas.jobs import supervised_method
 from app.services.lifecycle import transition
 from app.services.results import write_metrics_csv
 from worker.celery_app import celery_app
@@ -65,7 +66,7 @@ class DbReporter:
         with session_scope() as s:
             job = s.get(Job, self.job_id)
             job.hyperparameters = resolved
-            job.method = {"type": "supervised", "supervised": {"hyperparameters": resolved}}
+            job.method = supervised_method(resolved)
 
     def checkpoint(self, step: int, epoch: float, path: str, metrics: dict[str, Any]) -> None:
         storage = get_storage()
@@ -221,6 +222,6 @@ def _register_model(job: Job, outcome, output, storage, seconds: float) -> str:
                           data={"metrics": outcome.metrics}, fine_tuned_model=model_id,
                           trained_tokens=outcome.trained_tokens, metrics=outcome.metrics, progress=final_progress,
                           result_files=[results.id], hyperparameters=hyperparameters,
-                          method={"type": "supervised", "supervised": {"hyperparameters": hyperparameters}}):
+                          method=supervised_method(hyperparameters)):
             raise TrainingError("job_state_changed", "The job was moved by someone else while it trained.")
     return "succeeded"

@@ -88,7 +88,7 @@ def train(spec: TrainingSpec, train_file: DataFile, valid_file: DataFile | None,
     requested = spec.hyperparameters
 
     # Task-specific hyperparameters (completion_only_loss…) reach the tokenizer through the plan.
-    plan = {**spec.plan, **{k: requested[k] for k in task.default_hyperparameters if k in requested}}
+    plan = task.plan_with_options(spec.plan, requested)
     tokenizer = task.prepare_tokenizer(AutoTokenizer.from_pretrained(spec.base_model_path), plan)
     max_length = int(requested["max_seq_length"])
     cache = TokenCache(spec.token_cache_dir, spec.token_cache_bytes)

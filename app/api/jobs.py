@@ -31,7 +31,7 @@ def create_job(body: JobCreate, session: SessionDep, settings: SettingsDep, proj
 def estimate_job(body: JobCreate, session: SessionDep, settings: SettingsDep, project: ProjectDep) -> dict:
     """What the job would take (steps, tokens, seconds per device kind), checked like a real job but
     never created."""
-    return estimate(session, settings, project, service.plan_job(session, settings, project, body))
+    return estimate(session, project, service.plan_job(session, settings, project, body))
 
 
 @router.get("", response_model=ListPage[JobObject])

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from app.ml.base_models import weight_shapes
 from app.ml.tasks.base import FieldProblem
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -18,17 +19,6 @@ def _default_targets(model_type: str) -> list[str] | None:
 
     found = DEFAULTS.get(model_type)
     return list(found) if found else None
-
-
-def weight_names(path: Path) -> list[str]:
-    """Parameter names of a safetensors model folder, read from the file headers only."""
-    from safetensors import safe_open
-
-    names: list[str] = []
-    for file in sorted(path.glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as handle:
-            names.extend(handle.keys())
-    return names
 
 
 def resolve_adapter(requested: dict[str, Any] | None, model_type: str, base_path: Path) -> dict[str, Any] | None:
@@ -45,7 +35,7 @@ def resolve_adapter(requested: dict[str, Any] | None, model_type: str, base_path
                                                      "name the linear layers to adapt, e.g. [\"q_proj\", \"v_proj\"].")
     targets = [targets] if isinstance(targets, str) else list(targets)
     # A module name matches a weight when it is one of the weight's dotted path components.
-    components = {part for name in weight_names(base_path) for part in name.split(".")}
+    components = {part for name in weight_shapes(base_path) for part in name.split(".")}
     missing = [t for t in targets if t not in components]
     if missing:
         raise FieldProblem("adapter.target_modules", f"The base model has no module named {', '.join(missing)}; "

@@ -5,6 +5,7 @@ needs remote code, so loading a base model can never execute a file someone drop
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,16 +82,16 @@ def _scan(settings: Settings) -> dict[str, BaseModel]:
     return found
 
 
-def parameter_count(path: Path) -> int:
-    """Parameters of a safetensors model folder, from the file headers alone."""
+def weight_shapes(path: Path) -> dict[str, list[int]]:
+    """Name → shape of every tensor in a safetensors model folder, read from the file headers only."""
     from safetensors import safe_open
 
-    total = 0
+    shapes: dict[str, list[int]] = {}
     for file in sorted(path.glob("*.safetensors")):
         with safe_open(str(file), framework="pt") as handle:
-            for name in handle.keys():
-                count = 1
-                for size in handle.get_slice(name).get_shape():
-                    count *= size
-                total += count
-    return total
+            shapes.update({name: handle.get_slice(name).get_shape() for name in handle.keys()})
+    return shapes
+
+
+def parameter_count(path: Path) -> int:
+    return sum(math.prod(shape) for shape in weight_shapes(path).values())

@@ -109,6 +109,11 @@ class JobCreate(BaseModel):
                                                   "that have none (or to replace theirs).")
 
 
+def supervised_method(hyperparameters: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAI ``method`` object a job shows, carrying its resolved hyperparameters."""
+    return {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}}
+
+
 class JobError(BaseModel):
     code: str
     message: str

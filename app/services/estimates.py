@@ -37,9 +37,9 @@ def tokens_per_row(planned) -> tuple[float, float]:
     """Mean (examples, tokens) one row of the training file becomes, from a sample of its rows."""
     from transformers import AutoTokenizer
 
-    task, plan, hp = planned.task, planned.plan, planned.hyperparameters
-    tokenizer = task.prepare_tokenizer(AutoTokenizer.from_pretrained(str(planned.base.path)),
-                                       {**plan, **{k: hp[k] for k in task.default_hyperparameters if k in hp}})
+    task, hp = planned.task, planned.hyperparameters
+    plan = task.plan_with_options(planned.plan, hp)
+    tokenizer = task.prepare_tokenizer(AutoTokenizer.from_pretrained(str(planned.base.path)), plan)
     path = get_storage().local_path(planned.train.storage_key)
     rows = [task.row(record, planned.mapping, plan) for record in islice(iter_records(path, planned.train.format),
                                                                            SAMPLE_ROWS)]
@@ -62,7 +62,7 @@ def measured_rates(session: Session, project_id: str) -> dict[str, float]:
     return {device: statistics.median(values) for device, values in rates.items()}
 
 
-def estimate(session: Session, settings, project, planned) -> dict[str, Any]:
+def estimate(session: Session, project, planned) -> dict[str, Any]:
     hp = planned.hyperparameters
     train_rows = planned.train.rows - hyperparams.holdout_rows(planned.train.rows, planned.valid is not None)
     examples_per_row, row_tokens = tokens_per_row(planned)

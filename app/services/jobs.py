@@ -25,7 +25,7 @@ from app.ml import hyperparams
 from app.ml.adapters import resolve_adapter
 from app.ml.base_models import list_base_models
 from app.ml.tasks import TASKS, FieldProblem, get_task
-from app.schemas.jobs import JobCreate
+from app.schemas.jobs import JobCreate, supervised_method
 from app.storage import get_storage
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ def create_job(session: Session, settings: Settings, project: Project, body: Job
         id=new_id("ftjob"), project_id=project.id, model=body.model, task=task_name, training_file=train.id,
         validation_file=valid.id if valid else None, suffix=body.suffix or None,
         seed=body.seed if body.seed is not None else random.randint(0, 2**31 - 1), metadata_=body.metadata,
-        method={"type": "supervised", "supervised": {"hyperparameters": resolved}}, hyperparameters=resolved,
+        method=supervised_method(resolved), hyperparameters=resolved,
         column_mapping=mapping, training_plan=plan, status=st.QUEUED, attempt=0, created_at=now(), enqueued_at=now(),
         idempotency_key=idempotency_key, request_hash=request_hash,
     )

@@ -92,6 +92,11 @@ class Task(ABC):
         """Row-level checks the column profile cannot answer (e.g. two lists of equal length per
         row), run over the file's records before the job is queued; raise FieldProblem naming the line."""
 
+    def plan_with_options(self, plan: dict[str, Any], hyperparameters: dict[str, Any]) -> dict[str, Any]:
+        """The plan plus this task's own hyperparameters (completion_only_loss…), which tokenizing
+        needs to see."""
+        return {**plan, **{k: hyperparameters[k] for k in self.default_hyperparameters if k in hyperparameters}}
+
     def prepare_tokenizer(self, tokenizer, plan: dict[str, Any]):
         """Adjust a base model's tokenizer for this task (a pad token, a chat template)."""
         return tokenizer
