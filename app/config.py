@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, StringConstraints
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     keep_checkpoints: int = 3
     # Disk a worker may use to keep tokenized datasets for retries and repeated jobs (0 turns it off).
     token_cache_mb: int = Field(default=10240, ge=0)
+    # Extra transformers TrainerCallback classes every job trains with, e.g. an experiment tracker's
+    # logger: a JSON list of "module:Class" import paths importable by the workers.
+    trainer_callbacks: list[Annotated[str, StringConstraints(pattern=r"^[\w.]+:\w+$")]] = []
 
     # --- webhooks ---
     # Deliver the webhook outbox from a thread in each API process (claims are atomic across replicas).

@@ -70,3 +70,35 @@ def test_cancelling_a_two_process_job_stops_both(pg_stack):
         assert done["status"] == "cancelled", done
         assert time.monotonic() - asked < 60
         assert done["progress"]["step"] < done["progress"]["total_steps"]
+
+
+def test_out_of_memory_in_one_process_restarts_both_with_half_the_batch(base_models_dir, tmp_path):
+    """The launcher alone (no API): the second process runs out of memory after a checkpoint; both
+    restart from that checkpoint with half the per-device batch, the same examples per step."""
+    from app.data.scan import scan_file
+    from app.ml import hyperparams
+    from app.ml.tasks import get_task
+    from tests.test_training_core import Recorder
+    from worker.launcher import launch
+    from worker.training import DataFile, TrainingSpec
+
+    mapping = {"text": "text", "label": "label"}
+    task = get_task("text-classification")
+    plan = task.plan(mapping, scan_file(EXAMPLES / "sentiment.csv").profile(), None)
+    requested = {**FAST, "n_epochs": 2, "devices": 2, "checkpoint_every": 3}
+    spec = TrainingSpec("text-classification", str(base_models_dir / "tiny" / "bert"), mapping, plan,
+                        hyperparams.resolve(requested, 200, 128, 30, task=task), seed=7,
+                        checkpoint_dir=tmp_path / "checkpoints",
+                        callbacks=["tests.support.faults:SecondProcessOutOfMemoryAfterStep4"])
+    reporter = Recorder()
+    outcome = launch(spec, DataFile(EXAMPLES / "sentiment.csv", "csv"), None, tmp_path / "model", reporter,
+                     tmp_path / "work", progress_interval_s=0, devices=2)
+
+    assert not outcome.stopped and (tmp_path / "model" / "model.safetensors").exists()
+    # 16 examples per step: 8 per process at first, then 4 per process × 2 accumulated.
+    assert (outcome.hyperparameters["per_device_batch_size"], outcome.hyperparameters["gradient_accumulation_steps"],
+            outcome.hyperparameters["batch_size"]) == (4, 2, 16)
+    messages = [message for _, message in reporter.events]
+    assert sum("Out of GPU memory with a per-device batch of 8" in m for m in messages) == 1, messages
+    assert "Resuming from checkpoint checkpoint-3." in messages
+    assert outcome.steps == reporter.snapshots[-1]["total_steps"] and outcome.metrics["train_loss"] > 0

@@ -108,9 +108,9 @@ def test_task_trains_and_serves(pg_stack, trained, task, variant):
         assert batch == [single, single]
     elif task == "summarization":
         assert {"eval_rouge1", "eval_rouge2", "eval_rougeL", "eval_rougeLsum"} <= set(metrics)
-        # A 2-layer, 32-wide T5 from random weights (its tokenizer's vocabulary order varies by session)
-        # lands between 0.18 and 0.32 here; untrained, it scores about zero.
-        assert variant == "lora" or metrics["eval_rouge1"] >= 0.12, metrics
+        # A 2-layer, 32-wide T5 from seeded random weights and a fixed vocabulary reaches about 0.28
+        # here; untrained, it scores about zero.
+        assert variant == "lora" or metrics["eval_rouge1"] >= 0.2, metrics
         assert set(single[0]) == {"summary_text"} and isinstance(single[0]["summary_text"], str)
         assert len(single) == 1 and batch == [single[0], single[0]]
     elif task == "text-generation":
@@ -119,7 +119,7 @@ def test_task_trains_and_serves(pg_stack, trained, task, variant):
         assert len(single) == 1 and isinstance(single[0]["generated_text"], str)
     else:
         assert {"eval_f1_micro", "eval_f1_macro"} <= set(metrics)
-        assert variant == "lora" or metrics["eval_f1_micro"] >= 0.6, metrics
+        assert variant == "lora" or metrics["eval_f1_micro"] >= 0.6, metrics  # about 0.79 here
         labels = [entry["label"] for entry in single[0]]
         assert sorted(labels) == sorted(data.TOPICS) and all(0 <= e["score"] <= 1 for e in single[0])
 

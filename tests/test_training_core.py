@@ -8,10 +8,9 @@ from app.data.scan import scan_file
 from app.ml import hyperparams
 from app.ml.tasks import get_task
 from tests.conftest import EXAMPLES
+from tests.support.faults import OutOfMemoryAbove
 from worker.callbacks import NullReporter
 import pytest
-import torch
-from transformers import TrainerCallback
 
 from worker.training import SERVICE_CONFIG, DataFile, TrainingError, TrainingSpec, train
 
@@ -75,17 +74,6 @@ def test_auto_hyperparameters():
     assert hyperparams.resolve({}, 200, 512, 40, model_width=4096, adapter={"r": 8})["learning_rate"] == 2e-4
 
 
-class OutOfMemoryAbove(TrainerCallback):
-    """Raises what a GPU raises when a batch does not fit: here, any per-device batch above ``limit``."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        if args.per_device_train_batch_size > self.limit:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-
-
 def test_out_of_memory_halves_the_batch_and_keeps_the_effective_batch(base_models_dir, tmp_path):
     reporter = Recorder()
     outcome = train(_spec(base_models_dir, batch_size=16, n_epochs=1), DataFile(EXAMPLES / "sentiment.csv", "csv"),
@@ -101,3 +89,14 @@ def test_out_of_memory_at_batch_one_fails_with_advice(base_models_dir, tmp_path)
         train(_spec(base_models_dir, batch_size=2, n_epochs=1), DataFile(EXAMPLES / "sentiment.csv", "csv"), None,
               tmp_path / "model", Recorder(), extra_callbacks=[OutOfMemoryAbove(0)], progress_interval_s=0)
     assert failure.value.code == "out_of_memory" and "max_seq_length" in failure.value.message
+
+
+def test_trainer_callbacks_by_import_path(base_models_dir, tmp_path):
+    """FT_TRAINER_CALLBACKS reaches the core as import paths; one that does not import fails the job
+    with a message naming it and the setting."""
+    spec = _spec(base_models_dir, batch_size=16, n_epochs=1)
+    spec.callbacks = ["tests.support.faults:NoSuchCallback"]
+    with pytest.raises(TrainingError) as failure:
+        train(spec, DataFile(EXAMPLES / "sentiment.csv", "csv"), None, tmp_path / "model", Recorder())
+    assert failure.value.code == "bad_trainer_callback"
+    assert "tests.support.faults:NoSuchCallback" in failure.value.message and "FT_TRAINER_CALLBACKS" in failure.value.message

@@ -22,6 +22,8 @@ from worker.callbacks import NullReporter, Reporter
 REPORTS = "reports.jsonl"
 STOP_FLAG = "stop"
 OUTCOME = "outcome.json"
+OUT_OF_MEMORY = "out_of_memory"  # written by a process that ran out of GPU memory
+PROCESS_LOG = "processes.log"
 
 
 class FileReporter:
@@ -66,8 +68,10 @@ def gpus_visible() -> int:
 
 def launch(spec, train_file, valid_file, output_dir: Path, reporter: Reporter, work_dir: Path,
            progress_interval_s: float, devices: int):
-    """``train(...)`` across ``devices`` processes; returns its TrainingOutcome."""
-    from worker.training import TrainingError, TrainingOutcome
+    """``train(...)`` across ``devices`` processes; returns its TrainingOutcome. When a process runs
+    out of GPU memory, all of them are restarted from the newest checkpoint with half the per-device
+    batch and twice the accumulation, as a single-process job retries in place."""
+    from worker.training import TrainingError, TrainingOutcome, halve_batch, latest_checkpoint
 
     gpus = gpus_visible()
     if gpus and devices > gpus:
@@ -75,6 +79,31 @@ def launch(spec, train_file, valid_file, output_dir: Path, reporter: Reporter, w
                             "GPUs. Lower hyperparameters.devices, or run it on a worker with more GPUs.")
     folder = work_dir / "launch"
     folder.mkdir(parents=True, exist_ok=True)
+    with _Relay(folder, reporter, progress_interval_s) as relay:
+        while True:
+            returncode = _run_processes(spec, train_file, valid_file, output_dir, work_dir, progress_interval_s,
+                                        devices, folder)
+            relay.flush()
+            outcome_path = folder / OUTCOME
+            result = json.loads(outcome_path.read_text()) if outcome_path.exists() else None
+            if result and "error" in result:
+                raise TrainingError(result["error"]["code"], result["error"]["message"])
+            if returncode == 0 and result is not None:
+                return TrainingOutcome(**result)
+            if not (folder / OUT_OF_MEMORY).exists() or relay.resolved is None:
+                tail = (folder / PROCESS_LOG).read_text(errors="replace")[-1500:]
+                raise RuntimeError(f"{devices} training processes exited with status {returncode}: …{tail}")
+            hp = dict(relay.resolved)
+            halve_batch(hp, reporter)
+            split = {key: hp[key] for key in ("per_device_batch_size", "gradient_accumulation_steps")}
+            spec = dataclasses.replace(spec, hyperparameters={**spec.hyperparameters, **split},
+                                       resume_from=latest_checkpoint(spec.checkpoint_dir) or spec.resume_from)
+
+
+def _run_processes(spec, train_file, valid_file, output_dir: Path, work_dir: Path, progress_interval_s: float,
+                   devices: int, folder: Path) -> int:
+    for leftover in (OUTCOME, OUT_OF_MEMORY):
+        (folder / leftover).unlink(missing_ok=True)
     (folder / "job.json").write_text(json.dumps({
         "spec": dataclasses.asdict(spec), "train_file": dataclasses.asdict(train_file),
         "valid_file": dataclasses.asdict(valid_file) if valid_file else None, "output_dir": str(output_dir),
@@ -83,18 +112,8 @@ def launch(spec, train_file, valid_file, output_dir: Path, reporter: Reporter, w
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(_free_port()), "-m", "worker.launcher", str(folder)]
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // devices))}
-    relay = _Relay(folder, reporter, progress_interval_s)
-    log_path = folder / "processes.log"
-    with open(log_path, "wb") as log, relay:
-        returncode = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    outcome_path = folder / OUTCOME
-    result = json.loads(outcome_path.read_text()) if outcome_path.exists() else None
-    if result and "error" in result:
-        raise TrainingError(result["error"]["code"], result["error"]["message"])
-    if returncode != 0 or result is None:
-        tail = log_path.read_text(errors="replace")[-1500:]
-        raise RuntimeError(f"{devices} training processes exited with status {returncode}: …{tail}")
-    return TrainingOutcome(**result)
+    with open(folder / PROCESS_LOG, "ab") as log:
+        return subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 class _Relay:
@@ -105,6 +124,8 @@ class _Relay:
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="launch-relay", daemon=True)
         self._offset = 0
+        self._lock = threading.Lock()
+        self.resolved: dict[str, Any] | None = None  # the hyperparameters the processes last trained with
 
     def __enter__(self):
         self._thread.start()
@@ -113,20 +134,21 @@ class _Relay:
     def __exit__(self, *exc):
         self._done.set()
         self._thread.join(timeout=30)
-        self._forward()  # whatever was written after the last look
+        self.flush()
 
     def _run(self) -> None:
         while not self._done.wait(self.interval_s):
-            self._forward()
+            self.flush()
             request = self.reporter.should_stop()
             if request:
                 (self.folder / STOP_FLAG).write_text(request)
 
-    def _forward(self) -> None:
+    def flush(self) -> None:
+        """Forwards whatever the processes wrote since the last look."""
         path = self.folder / REPORTS
         if not path.exists():
             return
-        with open(path, encoding="utf-8") as fh:
+        with self._lock, open(path, encoding="utf-8") as fh:
             fh.seek(self._offset)
             for line in fh:
                 if not line.endswith("\n"):
@@ -134,6 +156,8 @@ class _Relay:
                 self._offset += len(line.encode("utf-8"))
                 report = json.loads(line)
                 kind = report.pop("kind")
+                if kind == "hyperparameters":
+                    self.resolved = report["resolved"]
                 if kind == "event":
                     self.reporter.event(report.pop("message"), **report)
                 else:
@@ -143,7 +167,7 @@ class _Relay:
 def _main(folder: Path) -> None:
     """One of the launched processes."""
     from worker.preparation import DataFile
-    from worker.training import TrainingError, TrainingSpec, train
+    from worker.training import TrainingError, TrainingSpec, is_out_of_memory, train
 
     job = json.loads((folder / "job.json").read_text())
     spec_fields = job["spec"]
@@ -159,6 +183,10 @@ def _main(folder: Path) -> None:
         result: dict[str, Any] = dataclasses.asdict(outcome)
     except TrainingError as exc:
         result = {"error": {"code": exc.code, "message": exc.message}}
+    except Exception as exc:
+        if is_out_of_memory(exc):
+            (folder / OUT_OF_MEMORY).write_text(os.environ.get("RANK", "0"))
+        raise
     if first:
         (folder / OUTCOME).write_text(json.dumps(result, default=str))
 

@@ -180,7 +180,8 @@ def _run_claimed(job: Job, settings: Settings) -> str:
                         checkpoint_dir=checkpoint_dir, keep_checkpoints=settings.keep_checkpoints,
                         resume_from=latest_checkpoint(checkpoint_dir),
                         token_cache_dir=settings.data_dir.resolve() / "cache" / "tokenized"
-                        if settings.token_cache_mb else None, token_cache_bytes=settings.token_cache_mb * 2**20)
+                        if settings.token_cache_mb else None, token_cache_bytes=settings.token_cache_mb * 2**20,
+                        callbacks=settings.trainer_callbacks)
     work = settings.data_dir.resolve() / "work" / job.id
     output = work / "model"
     shutil.rmtree(work, ignore_errors=True)

@@ -43,6 +43,9 @@ class TrainingSpec:
     # Where tokenized datasets are kept between jobs (None: not kept), and how much of the disk they may use.
     token_cache_dir: Path | None = None
     token_cache_bytes: int = 10 * 2**30
+    # Extra Trainer callbacks as "module:Class" import paths (FT_TRAINER_CALLBACKS): names, not objects,
+    # so that a spec travels to the processes of a multi-process job as JSON.
+    callbacks: list[str] = field(default_factory=list)
 
 
 def service_config(spec: TrainingSpec, hp: dict[str, Any], metrics: dict[str, float] | None = None) -> dict[str, Any]:
@@ -115,10 +118,13 @@ def train(spec: TrainingSpec, train_file: DataFile, valid_file: DataFile | None,
     while True:
         try:
             trainer, progress, result = _fit(spec, task, tokenizer, hp, data, reporter, progress_interval_s,
-                                             work_dir, resume_from, extra_callbacks or [])
+                                             work_dir, resume_from,
+                                             [*_load_callbacks(spec.callbacks), *(extra_callbacks or [])])
             break
         except Exception as exc:
-            if not _is_out_of_memory(exc):
+            # One process of several cannot retry alone (the others wait for it in the gradient
+            # all-reduce): it exits, and the launcher restarts them all with half the batch.
+            if not is_out_of_memory(exc) or _distributed():
                 raise
             resume_from = _recover_from_oom(spec, hp, reporter) or resume_from
 
@@ -288,7 +294,21 @@ def _in_order_evaluation(trainer_class):
     return InOrderEvaluation
 
 
-def _is_out_of_memory(exc: BaseException) -> bool:
+def _load_callbacks(paths: list[str]) -> list:
+    import importlib
+
+    callbacks = []
+    for path in paths:
+        module, _, name = path.partition(":")
+        try:
+            callbacks.append(getattr(importlib.import_module(module), name)())
+        except Exception as exc:
+            raise TrainingError("bad_trainer_callback", f"The worker's trainer callback '{path}' could not be "
+                                f"created ({type(exc).__name__}: {exc}); fix FT_TRAINER_CALLBACKS.") from exc
+    return callbacks
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
     import torch
 
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "CUDA out of memory" in str(exc)
@@ -298,6 +318,12 @@ def _recover_from_oom(spec: TrainingSpec, hp: dict[str, Any], reporter: Reporter
     """Halve the per-device batch and double accumulation (same effective batch), or give up with a
     message that says what to change. Returns the newest checkpoint to resume from, if any."""
     _free_accelerator_memory()
+    halve_batch(hp, reporter)
+    return latest_checkpoint(spec.checkpoint_dir)
+
+
+def halve_batch(hp: dict[str, Any], reporter: Reporter) -> None:
+    """Half the per-device batch, twice the accumulation: the same examples per optimiser step."""
     batch = int(hp["per_device_batch_size"])
     if batch <= 1:
         raise TrainingError("out_of_memory", "The GPU ran out of memory even with a per-device batch of 1. "
@@ -310,7 +336,6 @@ def _recover_from_oom(spec: TrainingSpec, hp: dict[str, Any], reporter: Reporter
                    f"{hp['gradient_accumulation_steps']} (same examples per optimiser step).",
                    level="warning", data={"per_device_batch_size": hp["per_device_batch_size"],
                                           "gradient_accumulation_steps": hp["gradient_accumulation_steps"]})
-    return latest_checkpoint(spec.checkpoint_dir)
 
 
 def latest_checkpoint(directory: Path | None) -> Path | None:

@@ -52,7 +52,8 @@ def redis_url(db: int = 9) -> str:
 
     url = f"redis://127.0.0.1:6379/{db}"
     try:
-        redis.Redis.from_url(url, socket_connect_timeout=3).flushdb()
+        # No flush: each stack has a queue of its own, and a flush would empty another session's.
+        redis.Redis.from_url(url, socket_connect_timeout=3).ping()
     except redis.exceptions.ConnectionError as exc:
         unavailable(f"Redis is not reachable on 127.0.0.1:6379: {exc}")
     return url
