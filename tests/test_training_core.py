@@ -100,3 +100,20 @@ def test_trainer_callbacks_by_import_path(base_models_dir, tmp_path):
         train(spec, DataFile(EXAMPLES / "sentiment.csv", "csv"), None, tmp_path / "model", Recorder())
     assert failure.value.code == "bad_trainer_callback"
     assert "tests.support.faults:NoSuchCallback" in failure.value.message and "FT_TRAINER_CALLBACKS" in failure.value.message
+
+
+@pytest.mark.parametrize(("every", "evaluations", "checkpoints"), [(32, 3, [32, 64]), (39, 2, [39, 78])])
+def test_the_final_model_is_evaluated_once_and_not_checkpointed_twice(base_models_dir, tmp_path, every,
+                                                                      evaluations, checkpoints):
+    """transformers would evaluate and checkpoint after the last step on top of its schedule, and the
+    worker evaluated again: the last step is evaluated once, and checkpointed only on schedule."""
+    spec = _spec(base_models_dir, eval_every=every, checkpoint_every=every)
+    spec.checkpoint_dir = tmp_path / "checkpoints"
+    reporter = Recorder()
+    outcome = train(spec, DataFile(EXAMPLES / "sentiment.csv", "csv"),
+                    DataFile(EXAMPLES / "sentiment_validation.csv", "csv"), tmp_path / "model", reporter,
+                    progress_interval_s=0)
+    assert outcome.steps == 78
+    assert sum(message.startswith("Evaluation") for _, message in reporter.events) == evaluations
+    assert sorted(int(p.name.split("-")[1]) for p in spec.checkpoint_dir.glob("checkpoint-*")) == checkpoints
+    assert outcome.metrics["eval_accuracy"] >= 0.8 and "eval_loss" in outcome.metrics

@@ -58,6 +58,7 @@ class ProgressCallback(TrainerCallback):
         self.stop_requested: str | None = None
         self._started = self._last_report = self._last_stop_check = 0.0
         self.latest: dict[str, Any] = {}
+        self.last_evaluation: tuple[int, dict[str, Any]] | None = None  # (step, what evaluate() returned)
 
     def snapshot(self, state) -> dict[str, Any]:
         elapsed = max(time.monotonic() - self._started, 1e-6)
@@ -104,6 +105,7 @@ class ProgressCallback(TrainerCallback):
                                 type="metrics", data=point)
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        self.last_evaluation = (state.global_step, dict(metrics or {}))
         # Evaluation values keep their eval_ prefix, so they never collide with training values of a step.
         clean = {k if k.startswith("eval_") else f"eval_{k}": v for k, v in (metrics or {}).items()
                  if isinstance(v, (int, float)) and not k.endswith(("_runtime", "_per_second")) and k != "epoch"}
@@ -113,6 +115,22 @@ class ProgressCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self.reporter.progress(self.snapshot(state), self.latest or None)
+
+
+class LastStepCallback(TrainerCallback):
+    """transformers evaluates and saves a checkpoint after the last step even where that step is off
+    their schedules. The worker evaluates the final model after training instead (once, and not
+    counted as training time) and saves the model itself, which a last-step checkpoint (optimizer
+    state included) would only duplicate. Not for early stopping: choosing the best model needs them.
+    Runs before ProgressCallback, so that a pause at the last step still saves its checkpoint."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            if not (state.eval_steps and state.global_step % state.eval_steps == 0):
+                control.should_evaluate = False
+            if not (state.save_steps and state.global_step % state.save_steps == 0):
+                control.should_save = False
+        return control
 
 
 STOP_CODES = (None, "cancel", "pause")

@@ -18,7 +18,8 @@ from app.ml.adapters import wrap
 from app.ml.artifacts import SERVICE_CONFIG
 from app.ml.tasks import get_task
 from worker import runtime
-from worker.callbacks import CheckpointCallback, DerivedMetricsCallback, NullReporter, ProgressCallback, Reporter
+from worker.callbacks import (CheckpointCallback, DerivedMetricsCallback, LastStepCallback, NullReporter,
+                              ProgressCallback, Reporter)
 from worker.preparation import DataFile, EmptyTrainingFile, prepare
 from worker.token_cache import TokenCache
 
@@ -146,7 +147,11 @@ def train(spec: TrainingSpec, train_file: DataFile, valid_file: DataFile | None,
         outcome.metrics["train_flops_per_second"] = float((4 if hp.get("adapter") else 6) * parameters
                                                           * tokens_per_second)
     if data.eval is not None:
-        evaluated = trainer.evaluate()
+        # The last step's scheduled evaluation already measured the final model, unless early stopping
+        # went back to a better checkpoint.
+        step, evaluated = progress.last_evaluation or (None, None)
+        if step != result.global_step or trainer.args.load_best_model_at_end:
+            evaluated = trainer.evaluate()
         outcome.metrics.update({k: float(v) for k, v in evaluated.items()
                                 if isinstance(v, (int, float)) and not k.endswith(("_runtime", "_per_second"))})
     if trainer.is_world_process_zero():
@@ -260,7 +265,7 @@ def _fit(spec, task, tokenizer, hp, data, reporter, progress_interval_s, work_di
     samples_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
     progress = ProgressCallback(reporter, samples_per_step, data.tokens_per_epoch / len(data.train),
                                 progress_interval_s)
-    callbacks = [DerivedMetricsCallback(task), progress,
+    callbacks = [DerivedMetricsCallback(task), *([] if early_stopping else [LastStepCallback()]), progress,
                  CheckpointCallback(reporter, progress, service_config(spec, hp)), *extra_callbacks]
     if early_stopping:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=int(hp["early_stopping_patience"])))
