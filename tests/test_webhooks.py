@@ -204,6 +204,16 @@ def test_signed_delivery_is_retried_after_500(client, hook_server):
     assert server.requests[0]["body"] == server.requests[1]["body"]
 
 
+def test_an_idle_pass_opens_no_http_client(client, monkeypatch):
+    """The dispatcher looks once a second in every API replica; an HTTP client costs ~30 ms of CPU to
+    build (its TLS context), so a pass with nothing due must not build one."""
+    def no_client(*args, **kwargs):
+        raise AssertionError("an HTTP client was built with nothing to deliver")
+
+    monkeypatch.setattr(webhooks.httpx, "Client", no_client)
+    assert webhooks.deliver_due() == 0
+
+
 def test_a_tampered_body_does_notverify_signed(client, hook_server):
     server = hook_server([200])
     endpoint = _endpoint(client, server.url)
