@@ -91,6 +91,8 @@ def train(spec: TrainingSpec, train_file: DataFile, valid_file: DataFile | None,
     set_seed(spec.seed)
     requested = spec.hyperparameters
 
+    # Operators' callbacks first: a path that does not import fails the job before any work is done.
+    callbacks = [*_load_callbacks(spec.callbacks), *(extra_callbacks or [])]
     # Task-specific hyperparameters (completion_only_loss…) reach the tokenizer through the plan.
     plan = task.plan_with_options(spec.plan, requested)
     tokenizer = task.prepare_tokenizer(AutoTokenizer.from_pretrained(spec.base_model_path), plan)
@@ -119,8 +121,7 @@ def train(spec: TrainingSpec, train_file: DataFile, valid_file: DataFile | None,
     while True:
         try:
             trainer, progress, result = _fit(spec, task, tokenizer, hp, data, reporter, progress_interval_s,
-                                             work_dir, resume_from,
-                                             [*_load_callbacks(spec.callbacks), *(extra_callbacks or [])])
+                                             work_dir, resume_from, callbacks)
             break
         except Exception as exc:
             # One process of several cannot retry alone (the others wait for it in the gradient
