@@ -8,6 +8,7 @@ import random
 import pytest
 import torch
 
+from app.ml.devices import DATASHEET_PEAKS, datasheet_peak
 from app.ml.packing import PackingCollator, first_fit_decreasing, packing_works
 from app.ml.tasks import get_task
 from tests.conftest import EXAMPLES
@@ -57,7 +58,7 @@ def test_packed_batch_has_the_loss_of_the_padded_batch(gpt2, base_models_dir):
 
 def test_runtime_choices_on_this_cpu():
     text_generation, classification = get_task("text-generation"), get_task("text-classification")
-    hp = runtime.resolve({"batch_size": 32, "devices": 2}, text_generation, total_steps=10_000)
+    hp = runtime.resolve({"batch_size": 32, "devices": 2}, text_generation, training_flops=1e18)
     assert hp["precision"] == "fp32" and hp["tf32"] is False  # mixed precision and TF32 are GPU features
     assert hp["optimizer"] == "adamw_torch_fused" and hp["group_by_length"] is True
     assert hp["torch_compile"] is False  # compile time does not pay back on CPU
@@ -69,6 +70,20 @@ def test_runtime_choices_on_this_cpu():
                             "packing": False}, text_generation)
     assert (kept["per_device_batch_size"], kept["gradient_accumulation_steps"]) == (8, 4)
     assert kept["torch_compile"] is True and kept["packing"] is False
+
+
+def test_compile_is_chosen_by_the_work_a_job_holds_not_its_step_count():
+    # BERT-base (110 M parameters) on 10,000 rows of 128 tokens: ~4 s of eager training on an H100,
+    # far below the compile time; GPT-2 (124 M) on 100,000 rows of 1,024 tokens: minutes.
+    short, long = 6 * 110e6 * 10_000 * 128, 6 * 124e6 * 100_000 * 1024
+    assert runtime.eager_seconds(short, "NVIDIA H100 80GB HBM3") < 10
+    assert runtime.eager_seconds(long, "NVIDIA H100 80GB HBM3") > runtime.COMPILE_MIN_SECONDS
+    # Twice the GPUs, half the time; an older card is slower than the H100 it is not.
+    assert runtime.eager_seconds(long, "NVIDIA H200", devices=2) == pytest.approx(
+        runtime.eager_seconds(long, "NVIDIA H200") / 2)
+    assert runtime.eager_seconds(short, "Tesla V100-SXM2-16GB") > runtime.eager_seconds(short, "NVIDIA H200")
+    assert datasheet_peak("NVIDIA L40S") == DATASHEET_PEAKS["nvidia-l40s"]  # not taken for the L4
+    assert datasheet_peak("NVIDIA L4") == DATASHEET_PEAKS["nvidia-l4"]
 
 
 def test_largest_fitting_batch_halves_until_it_fits():

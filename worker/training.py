@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from typing import Any
 
 from app.ml.adapters import wrap
 from app.ml.artifacts import SERVICE_CONFIG
+from app.ml.base_models import parameter_count
 from app.ml.tasks import get_task
 from worker import runtime
 from worker.callbacks import (CheckpointCallback, DerivedMetricsCallback, LastStepCallback, NullReporter,
@@ -115,8 +115,10 @@ def train(spec: TrainingSpec, train_file: DataFile, valid_file: DataFile | None,
                    data={"rows": data.rows, "examples": len(data.train), "tokens_per_epoch": data.tokens_per_epoch,
                          "from_cache": data.from_cache})
 
-    steps = math.ceil(len(data.train) / int(requested["batch_size"])) * float(requested["n_epochs"])
-    hp = runtime.resolve(requested, task, total_steps=int(steps))
+    # Training FLOPs (4 × parameters per token with an adapter: the frozen base needs no weight gradients).
+    flops = (4 if requested.get("adapter") else 6) * parameter_count(Path(spec.base_model_path)) \
+        * data.tokens_per_epoch * float(requested["n_epochs"])
+    hp = runtime.resolve(requested, task, training_flops=flops)
     resume_from = spec.resume_from
     while True:
         try:

@@ -21,15 +21,13 @@ from app.data.scan import iter_records
 from app.db.models import Job
 from app.ml import hyperparams
 from app.ml.base_models import parameter_count
+from app.ml.devices import DATASHEET_PEAKS
 from app.storage import get_storage
 
 SAMPLE_ROWS = 256
 ASSUMED_MFU = 0.35
 # Python, data loading and optimiser work per step that FLOPs do not capture; it dominates small models.
 ASSUMED_STEP_OVERHEAD_S = 0.01
-# Dense bf16 tensor-core peaks from the vendors' datasheets (FLOP/s).
-DATASHEET_PEAKS = {"nvidia-h200": 989e12, "nvidia-h100": 989e12, "nvidia-a100": 312e12, "nvidia-l40s": 362e12,
-                   "nvidia-l4": 121e12, "nvidia-a10g": 125e12}
 HISTORY_JOBS = 20
 
 

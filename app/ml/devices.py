@@ -1,0 +1,20 @@
+"""What this service assumes about accelerators it has not measured: the dense bf16 tensor-core peak
+of common GPUs, from the vendors' datasheets. Job estimates (API) and the worker's torch.compile
+choice both start from it."""
+
+from __future__ import annotations
+
+DATASHEET_PEAKS = {"nvidia-h200": 989e12, "nvidia-h100": 989e12, "nvidia-a100": 312e12, "nvidia-l40s": 362e12,
+                   "nvidia-l4": 121e12, "nvidia-a10g": 125e12}
+# For a GPU not in the table: about a V100/T4-class card, so that estimates err towards "long".
+UNKNOWN_GPU_PEAK = 100e12
+
+
+def datasheet_peak(device_name: str) -> float:
+    """Peak FLOP/s of a GPU by its torch name ("NVIDIA H100 80GB HBM3" → the H100 entry)."""
+    name = device_name.strip().lower().replace(" ", "-")
+    # Longest key first, so that "nvidia-l40s" is not taken for "nvidia-l4".
+    for kind in sorted(DATASHEET_PEAKS, key=len, reverse=True):
+        if name.startswith(kind):
+            return DATASHEET_PEAKS[kind]
+    return UNKNOWN_GPU_PEAK
