@@ -53,9 +53,22 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+def offered_devices(settings) -> int:
+    """Devices this machine's worker offers one job: FT_WORKER_DEVICES, else the GPUs it sees, else
+    (no GPU) up to 8 CPU processes."""
+    if settings.worker_devices:
+        return settings.worker_devices
+    import torch
+
+    return torch.cuda.device_count() or 8  # reads the driver only: no CUDA context before the fork
+
+
 def _worker_command(concurrency: int) -> list[str]:
+    from worker.celery_app import worker_queues
+
     settings = get_settings()
-    return [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", settings.gpu_queue,
+    queues = ",".join(worker_queues(settings.gpu_queue, offered_devices(settings)))
+    return [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", queues,
             "--concurrency", str(concurrency), "--loglevel", "INFO", "-n", f"gpu-worker-{os.getpid()}@%h"]
 
 
@@ -92,7 +105,7 @@ def api(host: str = typer.Option(None), port: int = typer.Option(None), workers:
 
 @cli.command()
 def worker(concurrency: int = 1) -> None:
-    """One Celery worker consuming the GPU queue (one per GPU)."""
+    """One Celery worker on the GPU queues: one per GPU, or one per machine for jobs of several GPUs."""
     os.execv(sys.executable, _worker_command(concurrency))
 
 

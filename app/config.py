@@ -36,8 +36,12 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
     preview_max_rows: int = 100
 
-    # Celery queue that GPU workers consume; the API only ever enqueues job ids onto it.
+    # Celery queue that GPU workers consume; the API only ever enqueues job ids onto it. Jobs that ask
+    # for N > 1 devices go to "<gpu_queue>-xN", which only workers offering at least N devices consume.
     gpu_queue: str = "gpu"
+    # Devices a worker offers one job (data-parallel processes): by default the GPUs it sees, or on a
+    # machine without one, up to 8 CPU processes.
+    worker_devices: int | None = Field(default=None, ge=1, le=64)
 
     # Inference: how many fine-tuned models stay loaded, and the batch size used for a list of inputs.
     # Memory the prediction model cache may hold (weights and buffers); least recently used go first.

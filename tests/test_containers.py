@@ -100,6 +100,25 @@ def test_service_commands_are_the_expected_ones(services):
     assert _command(services["worker"])[:2] == ["finetune", "worker"]
 
 
+def test_worker_consumes_the_queues_of_jobs_it_has_the_devices_for(monkeypatch):
+    from app import cli as commands
+    from app.config import get_settings
+
+    def queues() -> list[str]:
+        get_settings.cache_clear()
+        command = commands._worker_command(1)
+        return command[command.index("-Q") + 1].split(",")
+
+    monkeypatch.setenv("FT_GPU_QUEUE", "gpu")
+    try:
+        monkeypatch.setenv("FT_WORKER_DEVICES", "4")
+        assert queues() == ["gpu", "gpu-x2", "gpu-x3", "gpu-x4"]
+        monkeypatch.setenv("FT_WORKER_DEVICES", "1")
+        assert queues() == ["gpu"]
+    finally:
+        get_settings.cache_clear()  # later tests read their own environment's settings
+
+
 def test_worker_reserves_a_gpu(services):
     devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) and d.get("count", 0) != 0

@@ -72,6 +72,25 @@ def test_cancelling_a_two_process_job_stops_both(pg_stack):
         assert done["progress"]["step"] < done["progress"]["total_steps"]
 
 
+def test_a_job_waits_for_a_worker_with_the_devices_it_asks_for(pg_stack):
+    """The stack's worker offers two devices (FT_WORKER_DEVICES). A three-device job would fail there, so
+    it is not sent there: its message waits on the queue only workers with three or more consume."""
+    import redis
+
+    from worker.celery_app import job_queue, worker_queues
+
+    base = pg_stack.env["FT_GPU_QUEUE"]
+    assert worker_queues(base, 3) == [base, f"{base}-x2", f"{base}-x3"] and job_queue(base, 1) == base
+    with pg_stack.client() as c:
+        train = upload(c, EXAMPLES / "sentiment.csv").json()["id"]
+        job = c.post("/v1/fine_tuning/jobs", json={"model": "tiny/bert", "training_file": train,
+                                                   "hyperparameters": {**FAST, "devices": 3}}).json()
+        time.sleep(3)  # ample for the idle worker to take a message from a queue it consumes
+        assert c.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["status"] == "queued"
+        assert redis.Redis.from_url(pg_stack.env["FT_BROKER_URL"]).llen(job_queue(base, 3)) == 1
+        assert c.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
+
+
 def test_out_of_memory_in_one_process_restarts_both_with_half_the_batch(base_models_dir, tmp_path):
     """The launcher alone (no API): the second process runs out of memory after a checkpoint; both
     restart from that checkpoint with half the per-device batch, the same examples per step."""

@@ -11,6 +11,18 @@ settings = get_settings()
 if settings.resolved_broker_url.startswith("sqla+sqlite"):
     settings.data_dir.mkdir(parents=True, exist_ok=True)
 
+
+def job_queue(base: str, devices: int) -> str:
+    """The queue of jobs asking for ``devices`` GPUs: ``base`` for one, ``base-xN`` for N, so that a job
+    is only ever taken by a worker that has the GPUs it asks for."""
+    return base if devices <= 1 else f"{base}-x{devices}"
+
+
+def worker_queues(base: str, devices: int) -> list[str]:
+    """What a worker offering ``devices`` GPUs consumes: jobs of one GPU up to jobs of all of them."""
+    return [job_queue(base, n) for n in range(1, devices + 1)]
+
+
 celery_app = Celery("finetune", broker=settings.resolved_broker_url, include=["worker.tasks"])
 celery_app.conf.update(
     task_default_queue=settings.gpu_queue,

@@ -75,8 +75,11 @@ def launch(spec, train_file, valid_file, output_dir: Path, reporter: Reporter, w
 
     gpus = gpus_visible()
     if gpus and devices > gpus:
-        raise TrainingError("not_enough_devices", f"The job asks for {devices} devices but this worker has {gpus} "
-                            "GPUs. Lower hyperparameters.devices, or run it on a worker with more GPUs.")
+        # Jobs are routed by device count (worker.celery_app.job_queue); this is a worker that offers
+        # more GPUs than it has.
+        raise TrainingError("not_enough_devices", f"The job asks for {devices} devices but the worker that took it "
+                            f"has {gpus} GPUs; its FT_WORKER_DEVICES is set higher than that. Lower "
+                            "hyperparameters.devices, or fix the worker's FT_WORKER_DEVICES.")
     folder = work_dir / "launch"
     folder.mkdir(parents=True, exist_ok=True)
     with _Relay(folder, reporter, progress_interval_s) as relay:

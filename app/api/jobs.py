@@ -23,7 +23,7 @@ def create_job(body: JobCreate, session: SessionDep, settings: SettingsDep, proj
     job, created = service.create_job(session, settings, project, body, idempotency_key)
     if created:
         session.commit()  # enqueue strictly after the row is durable
-        service.enqueue(settings, job.id)
+        service.enqueue(settings, job.id, job.devices)
     return JobObject.of(job)
 
 
@@ -62,7 +62,7 @@ def pause_job(job_id: str, session: SessionDep, project: ProjectDep) -> JobObjec
 def resume_job(job_id: str, session: SessionDep, settings: SettingsDep, project: ProjectDep) -> JobObject:
     job = service.resume_job(session, project, job_id)
     session.commit()
-    service.enqueue(settings, job.id)
+    service.enqueue(settings, job.id, job.devices)
     return JobObject.of(job)
 
 

@@ -106,6 +106,11 @@ class Job(Base):
     started_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
+    @property
+    def devices(self) -> int:
+        """GPUs (processes on CPU) the job trains on; it decides which workers may take it."""
+        return int((self.hyperparameters or {}).get("devices") or 1)
+
 
 class JobEvent(Base):
     __tablename__ = "fine_tuning_job_events"

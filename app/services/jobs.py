@@ -285,12 +285,13 @@ def list_events(session: Session, job: Job, after: str | None, limit: int) -> li
     return list(session.scalars(query.order_by(JobEvent.seq.desc()).limit(limit + 1)))
 
 
-def enqueue(settings: Settings, job_id: str) -> None:
-    """Hand the job id to the broker. Called only after the job row has committed."""
-    from worker.celery_app import celery_app
+def enqueue(settings: Settings, job_id: str, devices: int = 1) -> None:
+    """Hand the job id to the broker, on the queue of workers with ``devices`` GPUs. Called only after
+    the job row has committed."""
+    from worker.celery_app import celery_app, job_queue
 
     try:
-        celery_app.send_task("worker.tasks.run_job", args=[job_id], queue=settings.gpu_queue)
+        celery_app.send_task("worker.tasks.run_job", args=[job_id], queue=job_queue(settings.gpu_queue, devices))
     except Exception:  # the row stays queued, the truth; the client sees the job and can cancel it
         log.exception("could not enqueue job %s", job_id)
 

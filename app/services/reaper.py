@@ -23,7 +23,7 @@ def reap_once(settings: Settings) -> list[str]:
     """One pass; returns the ids of jobs sent to the broker again."""
     from app.services.jobs import enqueue
 
-    to_send: list[str] = []
+    to_send: list[tuple[str, int]] = []  # job id, devices
     moment = now()
     with session_scope() as s:
         lost = s.scalars(select(Job).where(Job.status == st.RUNNING, Job.lease_expires_at < moment)).all()
@@ -42,15 +42,15 @@ def reap_once(settings: Settings) -> list[str]:
                             f"Worker {where} stopped responding; job re-queued, it will resume from its last "
                             "checkpoint.", level="warning", interruptions=job.interruptions + 1, worker_id=None,
                             enqueued_at=moment, data={"interruptions": job.interruptions + 1}):
-                to_send.append(job.id)
-        stale = s.scalars(select(Job.id).where(Job.status == st.QUEUED,
-                                               Job.enqueued_at < moment - settings.requeue_after_s)).all()
-        for job_id in stale:
-            s.get(Job, job_id).enqueued_at = moment
-            to_send.append(job_id)
-    for job_id in to_send:  # after commit: a worker must find the row already queued
-        enqueue(settings, job_id)
-    return to_send
+                to_send.append((job.id, job.devices))
+        stale = s.scalars(select(Job).where(Job.status == st.QUEUED,
+                                            Job.enqueued_at < moment - settings.requeue_after_s)).all()
+        for job in stale:
+            job.enqueued_at = moment
+            to_send.append((job.id, job.devices))
+    for job_id, devices in to_send:  # after commit: a worker must find the row already queued
+        enqueue(settings, job_id, devices)
+    return [job_id for job_id, _ in to_send]
 
 
 class Reaper:

@@ -82,6 +82,8 @@ class LiveStack:
                     "PYTHONUNBUFFERED": "1",
                     # A queue of its own: workers of other stacks on the same broker never take its jobs.
                     "FT_GPU_QUEUE": f"gpu-{uuid.uuid4().hex[:8]}",
+                    # Workers take jobs of one or two processes (tests/test_distributed.py), whatever the cores.
+                    "FT_WORKER_DEVICES": "2",
                     **{f"FT_{k.upper()}": str(v) for k, v in settings.items()}}
         for var, value in (("FT_DATABASE_URL", database_url), ("FT_BROKER_URL", broker_url)):
             if value:
@@ -118,10 +120,8 @@ class LiveStack:
     def start_worker(self) -> subprocess.Popen:
         """A separate real worker (main process + pool child) in its own process group."""
         with open(self.log_path, "ab") as log:
-            worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", self.env["FT_GPU_QUEUE"],
-                                       "--concurrency", "1", "--loglevel", "INFO", "-n", f"w{len(self.workers)}@%h"],
-                                      cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                      start_new_session=True, preexec_fn=die_with_parent)
+            worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], cwd=REPO, env=self.env, stdout=log,
+                                      stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent)
         self.workers.append(worker)
         return worker
 
