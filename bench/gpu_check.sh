@@ -35,6 +35,11 @@ echo "== training core, fast-defaults and serving tests (tiny models; on a GPU t
 
 echo "== training benchmark (bench/training.py: service vs bare Trainer defaults vs hand-tuned)"
 "$PY" -m bench.training 2>&1 | grep -E "^(device|bert-base|gpt2|minilm|run|service|bare|hand-tuned)"
+if "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
+    echo "== the same at a requested batch of 256 (BERT-base, 40,000 rows): how far a large batch takes MFU"
+    timeout 240 "$PY" -m bench.training --shape bert-base --rows 40000 --batch 256 --no-bare-defaults 2>&1 \
+        | grep -E "^(bert-base|run|service|hand-tuned)" || echo "(did not finish in 240 s)"
+fi
 
 echo "== serving benchmark (bench/serving.py)"
 "$PY" -m bench.serving --seconds "$SECONDS_PER_LEVEL" 2>&1 | grep -E "^(load generator|device|clients| +[0-9]+ )"
