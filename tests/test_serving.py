@@ -109,6 +109,42 @@ def test_a_crowd_on_one_model_is_served_in_few_batches(pg_stack, task_models):
     assert requests == 96 and batches <= 32, (requests, batches)
 
 
+def test_concurrent_chat_completions_share_batches_and_seeded_samples_stay_reproducible(pg_stack, task_models):
+    """Greedy chat requests arriving together are generated in shared (left-padded) batches, each with
+    the answer it gets alone; a seeded sample runs apart, so the same seed gives the same text in a crowd."""
+    model = task_models[("chat", "full")]["fine_tuned_model"]
+
+    def chat(client, text, **extra):
+        reply = client.post("/v1/chat/completions", json={
+            "model": model, "max_tokens": 6, **extra,
+            "messages": [{"role": "system", "content": "rate the review"}, {"role": "user", "content": text}]})
+        assert reply.status_code == 200, reply.text
+        return reply.json()["choices"][0]["message"]["content"]
+
+    sampled = {"temperature": 1.0, "seed": 11}
+    with pg_stack.client() as c:
+        alone = {text: chat(c, text) for text in TEXTS}
+        sample = chat(c, "a film", **sampled)
+        before = c.get("/metrics").text
+
+    def call(i):
+        with httpx.Client(base_url=pg_stack.url, headers={"Authorization": f"Bearer {pg_stack.key}"},
+                          timeout=120) as client:
+            return chat(client, "a film", **sampled) if i % 8 == 7 else chat(client, TEXTS[i % len(TEXTS)])
+
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        answers = list(pool.map(call, range(48)))
+    with pg_stack.client() as c:
+        after = c.get("/metrics").text
+    for i, answer in enumerate(answers):
+        assert answer == (sample if i % 8 == 7 else alone[TEXTS[i % len(TEXTS)]]), (i, answer)
+    requests = _metric(after, "finetune_predict_requests_total", model) - \
+        _metric(before, "finetune_predict_requests_total", model)
+    batches = _metric(after, "finetune_predict_batches_total", model) - \
+        _metric(before, "finetune_predict_batches_total", model)
+    assert requests == 48 and batches < 48 - 6, (requests, batches)  # the 6 seeded samples ran alone
+
+
 def test_huggingface_inference_client_parses_every_task(pg_stack, task_models, monkeypatch):
     import huggingface_hub.constants
     from huggingface_hub import InferenceClient

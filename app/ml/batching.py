@@ -2,7 +2,8 @@
 
 Each model has a queue and one loop. While the model is busy, requests pile up; when it is free, the
 loop takes everything waiting (up to ``max_batch`` inputs, after at most ``max_wait_s`` for more),
-groups it by generation/prediction parameters, and runs each group as one batch in a worker thread
+groups it by what runs it (a task's predict, an OpenAI completion) and its parameters, and runs each
+group as one batch in a worker thread
 (sorted by length inside ``predict``, so padding stays small). A lone request therefore pays no
 batching delay beyond ``max_wait_s``, and a crowd gets batches as large as the model can take."""
 
@@ -10,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,15 +24,25 @@ from app.ml.tasks import FieldProblem
 from app.observability import BATCH_INPUTS, PREDICT_BATCHES, PREDICT_INPUTS, PREDICT_REQUESTS
 
 
+# What runs a batch: (model, inputs, parameters, batch size) → one output per input, in a worker thread.
+Runner = Callable[[LoadedModel, list[Any], dict[str, Any], int], list[Any]]
+
+
 @dataclass
 class _Request:
     inputs: list[Any]
     parameters: dict[str, Any]
     future: asyncio.Future = field(repr=False)
+    run: Runner = predict
+    # A request whose answer must not depend on its neighbours (a seeded sample) runs in a batch of its own.
+    alone: bool = False
 
     @property
     def key(self) -> str:
-        return json.dumps(self.parameters, sort_keys=True, default=str)
+        if self.alone:
+            return uuid.uuid4().hex
+        return f"{self.run.__module__}.{self.run.__qualname__}:" + json.dumps(self.parameters, sort_keys=True,
+                                                                               default=str)
 
 
 class MicroBatcher:
@@ -40,13 +53,14 @@ class MicroBatcher:
         self._loaded: LoadedModel | None = None
         self._task: asyncio.Task | None = None
 
-    async def submit(self, loaded: LoadedModel, inputs: list[Any], parameters: dict[str, Any]) -> list[Any]:
+    async def submit(self, loaded: LoadedModel, inputs: list[Any], parameters: dict[str, Any], run: Runner = predict,
+                     alone: bool = False) -> list[Any]:
         PREDICT_REQUESTS.labels(self.model_id).inc()
         PREDICT_INPUTS.labels(self.model_id).inc(len(inputs))
         self._loaded = loaded  # the newest load (the cache may have reloaded it)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
-        request = _Request(inputs, parameters, asyncio.get_running_loop().create_future())
+        request = _Request(inputs, parameters, asyncio.get_running_loop().create_future(), run, alone)
         await self._queue.put(request)
         return await request.future
 
@@ -87,7 +101,8 @@ class MicroBatcher:
         PREDICT_BATCHES.labels(self.model_id).inc()
         BATCH_INPUTS.observe(len(inputs))
         try:
-            outputs = await run_in_threadpool(predict, self._loaded, inputs, requests[0].parameters, self.batch_size)
+            outputs = await run_in_threadpool(requests[0].run, self._loaded, inputs, requests[0].parameters,
+                                              self.batch_size)
         except FieldProblem as problem:
             if len(requests) > 1:  # one request's bad input must not fail its neighbours: run each alone
                 for request in requests:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,14 +164,21 @@ def _tokenizer(path: Path):
 
 
 def predict(loaded: LoadedModel, inputs: list[Any], parameters: dict[str, Any], batch_size: int) -> list[Any]:
-    """Run in a worker thread. Inputs are sorted by length so each batch pads little, then put back."""
+    """The task's predictions, in a worker thread."""
     task = get_task(loaded.task)
+    return in_sorted_batches(loaded, inputs, batch_size, lambda chunk: task.predict(loaded, chunk, parameters))
+
+
+def in_sorted_batches(loaded: LoadedModel, inputs: list[Any], batch_size: int,
+                      forward: Callable[[list[Any]], list[Any]]) -> list[Any]:
+    """``forward`` over batches of at most ``batch_size`` inputs, sorted by length so each batch pads
+    little, with the outputs put back in the inputs' order."""
     order = sorted(range(len(inputs)), key=lambda i: len(str(inputs[i])))
     outputs: list[Any] = [None] * len(inputs)
     with loaded.lock:  # one forward at a time per model (or shared base); torch already uses every core
         loaded.activate()
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
-            for index, output in zip(chunk, task.predict(loaded, [inputs[i] for i in chunk], parameters)):
+            for index, output in zip(chunk, forward([inputs[i] for i in chunk])):
                 outputs[index] = output
     return outputs

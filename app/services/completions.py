@@ -10,10 +10,12 @@ from collections.abc import Iterator
 from typing import Any
 
 from app.errors import bad_request
+from app.ml.batching import Batchers
 from app.ml.generation import Generated, generate, generation_kwargs, stream
-from app.ml.inference import LoadedModel
+from app.ml.inference import LoadedModel, in_sorted_batches
 from app.ml.tasks.text_generation import render, turn_end_ids
 from app.schemas.completions import ChatCompletionRequest, CompletionRequest
+from app.services.serving import run_predictions
 
 DEFAULT_CHAT_TOKENS = 256
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions
@@ -37,22 +39,45 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def _seeded(body) -> None:
-    if body.seed is not None:
+def _seeded(seed: int | None) -> None:
+    if seed is not None:
         from transformers import set_seed
 
-        set_seed(body.seed)
+        set_seed(seed)
 
 
-def chat(loaded: LoadedModel, body: ChatCompletionRequest) -> dict[str, Any]:
-    """Runs in a worker thread."""
-    prompt = chat_prompt(loaded, body)
-    with loaded.lock:
-        loaded.activate()
-        _seeded(body)
-        # The template already holds any special tokens the model expects.
-        result = generate(loaded.model, loaded.tokenizer, [prompt], body.parameters(), DEFAULT_CHAT_TOKENS,
-                          add_special_tokens=False, end_token_ids=turn_end_ids(loaded.tokenizer))[0]
+def _generate_batch(loaded: LoadedModel, prompts: list[str], parameters: dict[str, Any], batch_size: int,
+                    chat: bool) -> list[Generated]:
+    """One micro-batch of prompts (run by the model's batcher, in a worker thread)."""
+    def forward(chunk: list[str]) -> list[Generated]:
+        _seeded(parameters.get("seed"))
+        if chat:  # the template already holds any special tokens the model expects
+            return generate(loaded.model, loaded.tokenizer, chunk, parameters, DEFAULT_CHAT_TOKENS,
+                            add_special_tokens=False, end_token_ids=turn_end_ids(loaded.tokenizer))
+        return generate(loaded.model, loaded.tokenizer, chunk, parameters, DEFAULT_COMPLETION_TOKENS)
+
+    return in_sorted_batches(loaded, prompts, batch_size, forward)
+
+
+def chat_batch(loaded: LoadedModel, prompts: list[str], parameters: dict[str, Any], batch_size: int):
+    return _generate_batch(loaded, prompts, parameters, batch_size, chat=True)
+
+
+def completion_batch(loaded: LoadedModel, prompts: list[str], parameters: dict[str, Any], batch_size: int):
+    return _generate_batch(loaded, prompts, parameters, batch_size, chat=False)
+
+
+async def _generated(batchers: Batchers, loaded: LoadedModel, body, prompts: list[str], run) -> list[Generated]:
+    """Concurrent requests with the same sampling settings share one left-padded generate() (greedy
+    decoding gives each the answer it would get alone). A seeded request runs alone: its sample must
+    not depend on who else was waiting."""
+    generation_kwargs(body.parameters(), 1)  # a bad setting fails this request, never a batch
+    return await run_predictions(batchers, body.model, loaded, prompts, {**body.parameters(), "seed": body.seed},
+                                 run=run, alone=body.seed is not None)
+
+
+async def chat(batchers: Batchers, loaded: LoadedModel, body: ChatCompletionRequest) -> dict[str, Any]:
+    result = (await _generated(batchers, loaded, body, [chat_prompt(loaded, body)], chat_batch))[0]
     return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
             "model": body.model, "system_fingerprint": None,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text, "refusal": None},
@@ -60,12 +85,9 @@ def chat(loaded: LoadedModel, body: ChatCompletionRequest) -> dict[str, Any]:
             "usage": _usage(result.prompt_tokens, result.completion_tokens)}
 
 
-def completion(loaded: LoadedModel, body: CompletionRequest) -> dict[str, Any]:
+async def completion(batchers: Batchers, loaded: LoadedModel, body: CompletionRequest) -> dict[str, Any]:
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-    with loaded.lock:
-        loaded.activate()
-        _seeded(body)
-        results = generate(loaded.model, loaded.tokenizer, prompts, body.parameters(), DEFAULT_COMPLETION_TOKENS)
+    results = await _generated(batchers, loaded, body, prompts, completion_batch)
     return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
             "model": body.model, "system_fingerprint": None,
             "choices": [{"index": i, "text": (p if body.echo else "") + r.text, "logprobs": None,
@@ -100,7 +122,7 @@ def _chat_chunks(loaded: LoadedModel, body: ChatCompletionRequest, prompt: str) 
 
     with loaded.lock:
         loaded.activate()
-        _seeded(body)
+        _seeded(body.seed)
         yield chunk({"role": "assistant", "content": ""})
         for piece in stream(loaded.model, loaded.tokenizer, prompt, body.parameters(), DEFAULT_CHAT_TOKENS,
                             add_special_tokens=False, end_token_ids=turn_end_ids(loaded.tokenizer)):
@@ -124,7 +146,7 @@ def _completion_chunks(loaded: LoadedModel, body: CompletionRequest) -> Iterator
             "model": body.model, "system_fingerprint": None}
     with loaded.lock:
         loaded.activate()
-        _seeded(body)
+        _seeded(body.seed)
         if body.echo:
             yield _sse({**head, "choices": [{"index": 0, "text": body.prompt, "logprobs": None,
                                              "finish_reason": None}]})

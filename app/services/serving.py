@@ -51,17 +51,19 @@ async def load(settings: Settings, storage: LocalStorage, project: Project, cach
     if loaded is not None:  # the common case: no thread hop for a loaded model
         return loaded
     try:
-        return await run_in_threadpool(cache.get, servable.id, servable.task, storage.local_path(servable.storage_key),
-                                       base_path)
+        # In a thread: loading (and with an object store, downloading) takes seconds.
+        return await run_in_threadpool(lambda: cache.get(servable.id, servable.task,
+                                                         storage.local_path(servable.storage_key), base_path))
     except FileNotFoundError as exc:
         raise ApiError(503, f"Model '{model_id}' cannot be loaded here: {exc}. Is FT_BASE_MODELS_DIR the same as "
                             "on the workers?", param="model", code="model_unavailable") from None
 
 
 async def run_predictions(batchers: Batchers, model_id: str, loaded: LoadedModel, inputs: list[Any],
-                          parameters: dict[str, Any]) -> list[Any]:
-    """Through the model's micro-batcher: coalesced with concurrent requests to the same model."""
+                          parameters: dict[str, Any], **how) -> list[Any]:
+    """Through the model's micro-batcher: coalesced with concurrent requests to the same model. ``how``:
+    the batcher's ``run`` (default: the task's predict) and ``alone``."""
     try:
-        return await batchers(model_id).submit(loaded, inputs, parameters)
+        return await batchers(model_id).submit(loaded, inputs, parameters, **how)
     except FieldProblem as problem:
         raise bad_request(problem.message, problem.param) from None
