@@ -34,6 +34,18 @@ def _job_error(client, rows: list[dict], **body) -> dict:
     return response.json()["error"]
 
 
+COUNTDOWN = "{% for m in messages %}[{{ messages|length - loop.index }}] {{ m['content'] }}\n{% endfor %}"
+
+
+def test_a_template_that_rewrites_earlier_turns_may_train_on_every_token(client):
+    f = upload(client, "data.jsonl", data.jsonl(data.chat(20))).json()
+    created = client.post("/v1/fine_tuning/jobs", json={
+        "training_file": f["id"], "model": "tiny/gpt2", "chat_template": COUNTDOWN,
+        "hyperparameters": {"completion_only_loss": False}})
+    assert created.status_code == 200, created.text
+    assert created.json()["hyperparameters"]["completion_only_loss"] is False
+
+
 def test_bad_requests_are_refused_before_queueing(client):
     rows = data.question_answering(20)
     rows[4]["answers"]["answer_start"] = [0]
@@ -44,6 +56,10 @@ def test_bad_requests_are_refused_before_queueing(client):
     assert error["param"] == "chat_template" and "no chat template" in error["message"]
     error = _job_error(client, data.chat(20), model="tiny/gpt2", chat_template="{% for m in messages %}{{ m.oops(")
     assert error["param"] == "chat_template" and "does not render" in error["message"]
+    # A template that numbers turns from the end renders each turn differently once more follow: the
+    # assistant's tokens cannot be found, which is refused unless every token is to be trained on.
+    error = _job_error(client, data.chat(20), model="tiny/gpt2", chat_template=COUNTDOWN)
+    assert error["param"] == "chat_template" and "completion_only_loss" in error["message"]
     rows = data.chat(20)
     rows[7]["messages"] = [m for m in rows[7]["messages"] if m["role"] != "assistant"]
     error = _job_error(client, rows, model="tiny/gpt2", chat_template=data.CHATML)
@@ -106,6 +122,16 @@ def test_task_trains_and_serves(pg_stack, trained, task, variant):
         assert example["context"][single["start"]:single["end"]] == single["answer"]
         assert variant == "lora" or single["answer"] == "movie"
         assert batch == [single, single]
+        # transformers' handle_impossible_answer: "no answer" competes with the spans (top_k 1,000 lists
+        # every candidate: at most the 20 likeliest starts × 20 likeliest ends). This model never saw an
+        # unanswerable question, so "no answer" ranks below the answer it learned.
+        with pg_stack.client() as c:
+            ranked = c.post(f"/v1/models/{job['fine_tuned_model']}/predict", json={
+                "inputs": example, "parameters": {"top_k": 1000, "handle_impossible_answer": True}}).json()
+        assert [(a["answer"], a["start"], a["end"]) for a in ranked].count(("", 0, 0)) == 1
+        assert [a["score"] for a in ranked] == sorted((a["score"] for a in ranked), reverse=True)
+        assert sum(a["score"] for a in ranked) <= 1 + 1e-6
+        assert variant == "lora" or ranked[0]["answer"] == "movie"
     elif task == "summarization":
         assert {"eval_rouge1", "eval_rouge2", "eval_rougeL", "eval_rougeLsum"} <= set(metrics)
         # A 2-layer, 32-wide T5 from seeded random weights and a fixed vocabulary reaches about 0.28

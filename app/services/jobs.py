@@ -109,7 +109,7 @@ def plan_job(session: Session, settings: Settings, project: Project, body: JobCr
             if "chat_template" not in plan:
                 raise FieldProblem("chat_template", f"chat_template applies to text-generation jobs, not {task_name}.")
             plan["chat_template"] = body.chat_template
-        task.check_base_model(base.path, base.model_type, plan)
+        task.check_base_model(base.path, base.model_type, task.plan_with_options(plan, requested_values))
         adapter = resolve_adapter(adapter_request.model_dump(exclude_none=True) if adapter_request else None,
                                   base.model_type, base.path)
         storage = get_storage()

@@ -51,20 +51,29 @@ def _f1(prediction: str, truth: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def best_spans(start_logits, end_logits, offsets, n_best: int = 1, max_tokens: int = MAX_ANSWER_TOKENS):
-    """Candidate answers of one window, best first: (probability, start char, end char). Only tokens
-    of the context (offsets not None) can start or end an answer."""
+def window_answers(start_logits, end_logits, offsets, n_best: int = 1, max_tokens: int = MAX_ANSWER_TOKENS):
+    """What one window says: its candidate answers, best first, as (probability, start char, end char),
+    and the probability that it holds no answer (start and end on [CLS], token 0, where training puts
+    unanswerable windows). Only tokens of the context (offsets not None) can start or end an answer;
+    probabilities are over the context and [CLS], as transformers' pipeline computes them, so that a
+    span and "no answer" can be compared."""
     context = np.array([o is not None and len(o) == 2 and o[0] >= 0 for o in offsets] +
                        [False] * (len(start_logits) - len(offsets)))
     if not context.any():
-        return []
+        return [], 1.0
+    has_cls = not context[0]
+    allowed = context.copy()
+    allowed[0] = True
 
     def masked_softmax(logits):
-        logits = np.where(context, np.asarray(logits, dtype=np.float64), -np.inf)
+        logits = np.where(allowed, np.asarray(logits, dtype=np.float64), -np.inf)
         exp = np.exp(logits - logits.max())
         return exp / exp.sum()
 
     start_p, end_p = masked_softmax(start_logits), masked_softmax(end_logits)
+    null = float(start_p[0] * end_p[0]) if has_cls else 0.0
+    if has_cls:
+        start_p[0] = end_p[0] = 0.0
     starts = np.argsort(start_p)[::-1][:20]
     ends = np.argsort(end_p)[::-1][:20]
     found = []
@@ -72,7 +81,13 @@ def best_spans(start_logits, end_logits, offsets, n_best: int = 1, max_tokens: i
         for e in ends:
             if context[s] and context[e] and s <= e < s + max_tokens:
                 found.append((float(start_p[s] * end_p[e]), int(offsets[s][0]), int(offsets[e][1])))
-    return sorted(found, reverse=True)[:n_best]
+    return sorted(found, reverse=True)[:n_best], null
+
+
+def no_answer_wins(spans: list[tuple[float, int, int]], null: float) -> bool:
+    """SQuAD 2.0's rule: "no answer" when no window's best span beats the least confident
+    "no answer" of all windows (the window most sure the answer is somewhere in it)."""
+    return not spans or null > max(spans)[0]
 
 
 class QuestionAnswering(Task):
@@ -179,18 +194,28 @@ class QuestionAnswering(Task):
 
     def metrics(self, predictions, labels, plan, features=None, tokenizer=None):
         start_logits, end_logits = predictions
-        best: dict[int, tuple[float, str]] = {}
+        spans: dict[int, list[tuple[float, int, int]]] = collections.defaultdict(list)
+        nulls: dict[int, float] = {}
         truths: dict[int, list[str]] = {}
+        contexts: dict[int, str] = {}
         for i in range(len(features)):
             feature = features[i]
             example = feature["example_id"]
-            truths[example] = feature["answer_texts"]
-            for probability, start, end in best_spans(start_logits[i], end_logits[i], feature["offsets"]):
-                if example not in best or probability > best[example][0]:
-                    best[example] = (probability, feature["context"][start:end])
+            truths[example], contexts[example] = feature["answer_texts"], feature["context"]
+            found, null = window_answers(start_logits[i], end_logits[i], feature["offsets"])
+            spans[example] += found
+            nulls[example] = min(null, nulls.get(example, 1.0))
+        # Data with unanswerable questions (SQuAD 2.0) is scored the SQuAD 2.0 way: "no answer" can be
+        # the prediction; otherwise the best span always is, as SQuAD 1.1 scores it.
+        impossible = any(not answers for answers in truths.values())
         exact, f1 = [], []
         for example, answers in truths.items():
-            guess = best.get(example, (0.0, ""))[1]
+            found = spans[example]
+            if (impossible and no_answer_wins(found, nulls[example])) or not found:
+                guess = ""
+            else:
+                _, start, end = max(found)
+                guess = contexts[example][start:end]
             answers = answers or [""]
             exact.append(max(float(normalize_answer(guess) == normalize_answer(a)) for a in answers))
             f1.append(max(_f1(guess, a) for a in answers))
@@ -217,14 +242,21 @@ class QuestionAnswering(Task):
         starts, ends = output.start_logits.float().cpu().numpy(), output.end_logits.float().cpu().numpy()
         top_k = int(parameters.get("top_k") or 1)
         max_tokens = int(parameters.get("max_answer_len") or MAX_ANSWER_TOKENS)
+        # transformers' pipeline option: let "no answer" ({"answer": ""}) compete with the spans, for
+        # models trained on unanswerable questions.
+        impossible = bool(parameters.get("handle_impossible_answer", False))
         candidates: list[list[tuple[float, int, int]]] = [[] for _ in inputs]
+        nulls = [1.0] * len(inputs)
         for i, sample in enumerate(samples):
             window = [o if s == 1 else None for o, s in zip(offsets[i], encoded.sequence_ids(i))]
-            candidates[sample] += best_spans(starts[i], ends[i], window, top_k, max_tokens)
+            found, null = window_answers(starts[i], ends[i], window, top_k, max_tokens)
+            candidates[sample] += found
+            nulls[sample] = min(nulls[sample], null)
         outputs = []
-        for context, found in zip(contexts, candidates):
+        for context, found, null in zip(contexts, candidates, nulls):
+            if impossible or not found:
+                found = [*found, (null if found or impossible else 0.0, 0, 0)]
             answers = [{"answer": context[s:e], "score": p, "start": s, "end": e}
-                       for p, s, e in sorted(found, reverse=True)[:top_k]] or [{"answer": "", "score": 0.0,
-                                                                               "start": 0, "end": 0}]
+                       for p, s, e in sorted(found, key=lambda c: c[0], reverse=True)[:top_k]]
             outputs.append(answers[0] if top_k == 1 else answers)
         return outputs

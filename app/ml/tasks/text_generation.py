@@ -14,8 +14,11 @@ COMPLETION_NAMES = ("completion", "response", "chosen")
 MESSAGES_NAMES = ("messages", "conversation", "conversations")
 ROLES = ("system", "user", "assistant", "developer", "tool")
 IGNORE = -100
-# Stand-in conversation used to check that a chat template renders before a job is queued.
+# Stand-in conversations used to check a chat template before a job is queued: that it renders, and
+# that the assistant turns of a longer conversation can be found in its rendering.
 PROBE = [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi!"}]
+TWO_TURNS = [{"role": "system", "content": "Be brief."}, *PROBE, {"role": "user", "content": "Why?"},
+             {"role": "assistant", "content": "Because."}]
 
 
 def render(tokenizer, messages, add_generation_prompt: bool = False) -> str:
@@ -126,8 +129,18 @@ class TextGeneration(Task):
                                "tokenizer_config.json) with the job, or upload prompt/completion rows instead.")
         try:
             render(tokenizer, PROBE, add_generation_prompt=True)
+            _, spans = assistant_spans(tokenizer, TWO_TURNS)
         except Exception as exc:
             raise FieldProblem("chat_template", f"The chat template does not render: {exc}") from None
+        if plan.get("completion_only_loss", True) and len(spans) != 2:
+            # Training on the assistant turns only needs to find them: the rendering of a conversation's
+            # beginning must be where the whole rendering begins. Templates that rewrite earlier turns
+            # (drop their reasoning, number them from the end) are not, and would train on every token.
+            raise FieldProblem("chat_template", "The chat template renders earlier turns differently once later "
+                               "turns follow, so the assistant's tokens cannot be told apart from the rest. Use a "
+                               "template whose rendering of a conversation starts with the rendering of its "
+                               "beginning, or set hyperparameters.completion_only_loss to false to train on "
+                               "every token.")
 
     def prepare_tokenizer(self, tokenizer, plan):
         if plan.get("chat_template"):
