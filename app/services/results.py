@@ -28,9 +28,7 @@ def write_metrics_csv(session: Session, storage: LocalStorage, job: Job) -> File
     content = buffer.getvalue().encode()
     file_id = new_id("file")
     key = f"files/{job.project_id}/{file_id}"
-    path = storage.local_path(key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(content)
+    storage.write_bytes(key, content)
     record = File(id=file_id, project_id=job.project_id, filename=f"{job.id}_metrics.csv",
                   purpose="fine-tune-results", bytes=len(content), sha256=hashlib.sha256(content).hexdigest(),
                   format="csv", rows=len(series), columns=columns, profile={}, validation={"errors": [], "warnings": []},

@@ -117,10 +117,12 @@ class LiveStack:
             time.sleep(0.5)
         raise RuntimeError(f"the service was not ready in {timeout}s:\n{self.log()}")
 
-    def start_worker(self) -> subprocess.Popen:
-        """A separate real worker (main process + pool child) in its own process group."""
+    def start_worker(self, data_dir: Path | None = None) -> subprocess.Popen:
+        """A separate real worker (main process + pool child) in its own process group; with
+        ``data_dir``, one with a disk of its own, as on another machine."""
+        env = {**self.env, "FT_DATA_DIR": str(data_dir)} if data_dir else self.env
         with open(self.log_path, "ab") as log:
-            worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], cwd=REPO, env=self.env, stdout=log,
+            worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], cwd=REPO, env=env, stdout=log,
                                       stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent)
         self.workers.append(worker)
         return worker
