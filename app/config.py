@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     # An fsspec URL (s3://bucket/prefix, gs://…, file:///shared/…) for storage shared by machines; the
     # storage folder is then this machine's cache of it. Empty: the storage folder is the storage.
     storage_url: str = ""
+    # With storage_url: the disk this machine's cache of the store may use (least recently used
+    # uploads, models and checkpoints go first; 0: no limit).
+    storage_cache_mb: int = Field(default=20480, ge=0)
 
     # Base models on offer: every sub-folder (one or two levels deep, e.g. ``org/name``) holding a
     # config.json and safetensors weights. The bundled MiniLM is added unless disabled.

@@ -7,7 +7,8 @@ cache, so API replicas and workers on different machines share uploads, models a
 
 Everyone reads through :meth:`local_path` — a local copy, downloaded on first use. Keys are written
 once (uploads, models, result files), except a job's checkpoint folder, which the worker mirrors
-with :meth:`pull` before training and :meth:`push` after each save."""
+with :meth:`pull` before training and :meth:`push` after each save, and lets go of with
+:meth:`release` when the attempt ends."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import asyncio
 import hashlib
 import os
 import shutil
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -109,14 +111,26 @@ class LocalStorage:
         """Store ``prefix/child`` as written locally (``last``, a file name, goes last: its presence
         marks the folder complete), and forget what was deleted locally under ``prefix``."""
 
+    def release(self, prefix: str) -> None:
+        """The attempt that pulled ``prefix`` has ended; its local folder is no longer needed."""
+
+
+# Cache entries by kind: how many folder levels below the kind one stored key sits.
+CACHED_KEYS = {"files": 2, "models": 2, "checkpoints": 3}
+# An entry read this recently may be in use (a model loading from it): it is not evicted.
+RECENT_S = 300
+
 
 class ObjectStorage(LocalStorage):
-    """An fsspec store, with ``root`` as the local cache of what this machine has read or written."""
+    """An fsspec store, with ``root`` as the local cache of what this machine has read or written,
+    bounded by ``cache_bytes`` (0: unbounded). Folders that training writes into live apart, under
+    ``root/.training``, out of the cache's reach, until :meth:`release`."""
 
-    def __init__(self, root: Path, url: str):
+    def __init__(self, root: Path, url: str, cache_bytes: int = 0):
         import fsspec
 
         super().__init__(root)
+        self.cache_bytes = cache_bytes
         self.url = url.rstrip("/")
         # No listings cache: another machine may have written a key since this one last looked.
         self.fs, self.base = fsspec.core.url_to_fs(self.url, use_listings_cache=False)
@@ -165,9 +179,31 @@ class ObjectStorage(LocalStorage):
 
     def local_path(self, key: str) -> Path:
         path = self._path(key)
-        if not path.exists() and self.fs.exists(self._remote(key)):
+        if path.exists():
+            os.utime(path)  # recently used: the last to be evicted
+        elif self.fs.exists(self._remote(key)):
             self._download(self._remote(key), path)
+            self._evict()
         return path
+
+    def _evict(self) -> None:
+        """Least recently used cached keys go until the cache fits ``cache_bytes``."""
+        if not self.cache_bytes:
+            return
+        entries = []
+        for kind, depth in CACHED_KEYS.items():
+            for path in (self.root / kind).glob("/".join(["*"] * depth)):
+                if path.name.startswith("."):  # a download in progress
+                    continue
+                size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() \
+                    else path.stat().st_size
+                entries.append((path.stat().st_mtime, size, path))
+        total = sum(size for _, size, _ in entries)
+        for used, size, path in sorted(entries):
+            if total <= self.cache_bytes or used > time.time() - RECENT_S:
+                break
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            total -= size
 
     def exists(self, key: str) -> bool:
         return self.fs.exists(self._remote(key))
@@ -189,11 +225,13 @@ class ObjectStorage(LocalStorage):
         except BaseException:
             self._path(key).unlink(missing_ok=True)
             raise
+        await asyncio.to_thread(self._evict)
         return blob
 
     def write_bytes(self, key: str, content: bytes) -> None:
         super().write_bytes(key, content)
         self._put(self._path(key), self._remote(key))
+        self._evict()
 
     def delete(self, key: str) -> None:
         super().delete(key)
@@ -203,10 +241,15 @@ class ObjectStorage(LocalStorage):
     def import_dir(self, key: str, source: Path) -> int:
         size = super().import_dir(key, source)
         self._upload_dir(self._path(key), self._remote(key))
+        self._evict()
         return size
 
+    def _training(self, prefix: str) -> Path:
+        self._path(prefix)  # the same key checks
+        return self.root / ".training" / prefix
+
     def pull(self, prefix: str) -> Path:
-        local, remote = self._path(prefix), self._remote(prefix)
+        local, remote = self._training(prefix), self._remote(prefix)
         stored = {Path(p).name for p in self.fs.ls(remote, detail=False)} if self.fs.isdir(remote) else set()
         local.mkdir(parents=True, exist_ok=True)
         for child in local.iterdir():
@@ -217,12 +260,15 @@ class ObjectStorage(LocalStorage):
         return local
 
     def push(self, prefix: str, child: str, last: str | None = None) -> None:
-        local, remote = self._path(prefix), self._remote(prefix)
+        local, remote = self._training(prefix), self._remote(prefix)
         self._upload_dir(local / child, f"{remote}/{child}", last)
         kept = {p.name for p in local.iterdir()}
         for stored in self.fs.ls(remote, detail=False):
             if Path(stored).name not in kept:
                 self.fs.rm(stored, recursive=True)
+
+    def release(self, prefix: str) -> None:
+        shutil.rmtree(self._training(prefix), ignore_errors=True)
 
 
 async def _chunks(source) -> AsyncIterator[bytes]:
@@ -242,5 +288,5 @@ def get_storage() -> LocalStorage:
 
     settings = get_settings()
     if settings.storage_url:
-        return ObjectStorage(settings.resolved_storage_dir, settings.storage_url)
+        return ObjectStorage(settings.resolved_storage_dir, settings.storage_url, settings.storage_cache_mb * 2**20)
     return LocalStorage(settings.resolved_storage_dir)

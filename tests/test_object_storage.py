@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import shutil
+import time
 
 import pytest
 
@@ -127,11 +129,32 @@ def test_checkpoints_are_mirrored_between_attempts_on_different_machines(machine
     assert not a.exists("checkpoints/p/job/checkpoint-10") and a.exists("checkpoints/p/job/checkpoint-20")
 
     # The next attempt, on machine b, starts from what is stored; a stale folder b kept is dropped.
-    stale = b.local_path("checkpoints/p/job") / "checkpoint-5"
-    stale.mkdir(parents=True)
+    stale = b.pull("checkpoints/p/job") / "checkpoint-5"  # as if left by a crash on b
+    stale.mkdir()
     resumed = b.pull("checkpoints/p/job")
     assert sorted(p.name for p in resumed.iterdir()) == ["checkpoint-20", "checkpoint-30", "checkpoint-40"]
     assert json.loads((resumed / "checkpoint-30" / "trainer_state.json").read_text()) == {"global_step": 30}
+
+
+def test_the_cache_keeps_to_its_budget_least_recently_used_first(tmp_path):
+    url = (tmp_path / "store").as_uri()
+    machine = ObjectStorage(tmp_path / "cache", url, cache_bytes=250)
+    for name in ("a", "b", "c"):
+        machine.write_bytes(f"files/p/{name}", name.encode() * 100)
+    cached = tmp_path / "cache" / "files" / "p"
+    assert sorted(p.name for p in cached.iterdir()) == ["a", "b", "c"]  # all just used: none evicted yet
+    for age, name in ((3000, "a"), (2000, "b"), (1000, "c")):  # as if used that many seconds ago
+        past = time.time() - age
+        os.utime(cached / name, (past, past))
+    machine.local_path("files/p/a")  # a read: "a" is the most recently used now
+    folder = machine.pull("checkpoints/p/job")  # what training writes lives apart, out of reach
+    (folder / "checkpoint-1").mkdir()
+    (folder / "checkpoint-1" / "trainer_state.json").write_text("x" * 1000)
+    machine.write_bytes("files/p/d", b"d" * 100)
+    assert sorted(p.name for p in cached.iterdir()) == ["a", "d"] and (folder / "checkpoint-1").exists()
+    assert machine.local_path("files/p/b").read_bytes() == b"b" * 100  # evicted here, still stored
+    machine.release("checkpoints/p/job")
+    assert not folder.exists()
 
 
 def test_jobs_train_and_serve_across_machines_that_share_only_the_store(base_models_dir, tmp_path, s3_url):

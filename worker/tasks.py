@@ -204,6 +204,7 @@ def _run_claimed(job: Job, settings: Settings) -> str:
         return _register_model(job, outcome, output, storage, time.monotonic() - started)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        storage.release(checkpoint_prefix)  # stored already: an object store's cache needs no copy
 
 
 def _register_model(job: Job, outcome, output, storage, seconds: float) -> str:
