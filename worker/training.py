@@ -16,6 +16,7 @@ from typing import Any
 from app.ml.adapters import wrap
 from app.ml.artifacts import SERVICE_CONFIG
 from app.ml.base_models import parameter_count
+from app.ml.devices import training_flops
 from app.ml.tasks import get_task
 from worker import runtime
 from worker.callbacks import (CheckpointCallback, DerivedMetricsCallback, LastStepCallback, NullReporter,
@@ -115,9 +116,8 @@ def train(spec: TrainingSpec, train_file: DataFile, valid_file: DataFile | None,
                    data={"rows": data.rows, "examples": len(data.train), "tokens_per_epoch": data.tokens_per_epoch,
                          "from_cache": data.from_cache})
 
-    # Training FLOPs (4 × parameters per token with an adapter: the frozen base needs no weight gradients).
-    flops = (4 if requested.get("adapter") else 6) * parameter_count(Path(spec.base_model_path)) \
-        * data.tokens_per_epoch * float(requested["n_epochs"])
+    flops = training_flops(parameter_count(Path(spec.base_model_path)),
+                           data.tokens_per_epoch * float(requested["n_epochs"]), bool(requested.get("adapter")))
     hp = runtime.resolve(requested, task, training_flops=flops)
     resume_from = spec.resume_from
     while True:
@@ -144,11 +144,10 @@ def train(spec: TrainingSpec, train_file: DataFile, valid_file: DataFile | None,
         epochs_done = result.global_step / max(1, trainer.state.max_steps) * float(hp["n_epochs"])
         tokens_per_second = data.tokens_per_epoch * epochs_done / runtime_s
         outcome.metrics["train_tokens_per_second"] = round(tokens_per_second, 1)
-        # Model FLOPs per second (6 × parameters per token; 4 × with an adapter, whose frozen base needs
-        # no weight gradients): what job estimates on this device are calibrated with.
+        # Model FLOPs per second: what job estimates on this device are calibrated with.
         parameters = sum(p.numel() for p in trainer.model.parameters())
-        outcome.metrics["train_flops_per_second"] = float((4 if hp.get("adapter") else 6) * parameters
-                                                          * tokens_per_second)
+        outcome.metrics["train_flops_per_second"] = training_flops(parameters, tokens_per_second,
+                                                                   bool(hp.get("adapter")))
     if data.eval is not None:
         # The last step's scheduled evaluation already measured the final model, unless early stopping
         # went back to a better checkpoint.

@@ -1,6 +1,6 @@
-"""What this service assumes about accelerators it has not measured: the dense bf16 tensor-core peak
-of common GPUs, from the vendors' datasheets. Job estimates (API) and the worker's torch.compile
-choice both start from it."""
+"""What this service assumes about accelerators it has not measured — the dense bf16 tensor-core peak
+of common GPUs, from the vendors' datasheets — and the work a job asks of them. Job estimates (API),
+the worker's torch.compile choice and its FLOP-rate metric all start from here."""
 
 from __future__ import annotations
 
@@ -8,6 +8,12 @@ DATASHEET_PEAKS = {"nvidia-h200": 989e12, "nvidia-h100": 989e12, "nvidia-a100": 
                    "nvidia-l4": 121e12, "nvidia-a10g": 125e12}
 # For a GPU not in the table: about a V100/T4-class card, so that estimates err towards "long".
 UNKNOWN_GPU_PEAK = 100e12
+
+
+def training_flops(parameters: int, tokens: float, adapter: bool = False) -> float:
+    """FLOPs to train on ``tokens``: 6 × parameters per token (forward, and backward for activations and
+    weights); 4 × with an adapter, whose frozen base needs no weight gradients."""
+    return (4 if adapter else 6) * parameters * tokens
 
 
 def datasheet_peak(device_name: str) -> float:

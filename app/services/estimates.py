@@ -21,7 +21,7 @@ from app.data.scan import iter_records
 from app.db.models import Job
 from app.ml import hyperparams
 from app.ml.base_models import parameter_count
-from app.ml.devices import DATASHEET_PEAKS
+from app.ml.devices import DATASHEET_PEAKS, training_flops
 from app.storage import get_storage
 
 SAMPLE_ROWS = 256
@@ -70,7 +70,7 @@ def estimate(session: Session, project, planned) -> dict[str, Any]:
     eval_rows = planned.valid.rows if planned.valid is not None else planned.train.rows - train_rows
     evaluations = (steps // int(hp["eval_every"]) + 1) if hp.get("eval_every") and eval_rows else 0
     parameters = parameter_count(planned.base.path)
-    flops = (4 if hp.get("adapter") else 6) * parameters * trained_tokens \
+    flops = training_flops(parameters, trained_tokens, bool(hp.get("adapter"))) \
         + 2 * parameters * row_tokens * eval_rows * evaluations
     seconds, basis = {}, {}
     for kind, peak in DATASHEET_PEAKS.items():

@@ -254,8 +254,10 @@ class QuestionAnswering(Task):
             nulls[sample] = min(nulls[sample], null)
         outputs = []
         for context, found, null in zip(contexts, candidates, nulls):
-            if impossible or not found:
-                found = [*found, (null if found or impossible else 0.0, 0, 0)]
+            if impossible:
+                found = [*found, (null, 0, 0)]
+            elif not found:  # no span in any window: an empty answer, as the pipeline gives
+                found = [(0.0, 0, 0)]
             answers = [{"answer": context[s:e], "score": p, "start": s, "end": e}
                        for p, s, e in sorted(found, key=lambda c: c[0], reverse=True)[:top_k]]
             outputs.append(answers[0] if top_k == 1 else answers)
