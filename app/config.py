@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints
+from pydantic import Field, StringConstraints, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -101,6 +101,22 @@ class Settings(BaseSettings):
     @property
     def resolved_broker_url(self) -> str:
         return self.broker_url or f"sqla+sqlite:///{(self.data_dir / 'broker.sqlite').resolve()}"
+
+    @field_validator("storage_url")
+    @classmethod
+    def _storage_url_is_usable(cls, url: str) -> str:
+        """An unknown protocol, or one whose library is not installed, stops the process at start-up
+        with this message rather than failing every request that touches storage."""
+        if url:
+            import fsspec
+
+            protocol = url.split("://", 1)[0] if "://" in url else "file"
+            try:
+                fsspec.get_filesystem_class(protocol)
+            except (ValueError, ImportError) as exc:
+                raise ValueError(f"cannot use {url!r}: {exc}. Use s3://bucket/prefix (s3fs installed), "
+                                 "gs://… (gcsfs) or file:///path.") from None
+        return url
 
     @property
     def resolved_storage_dir(self) -> Path:

@@ -79,6 +79,17 @@ def machines(request, tmp_path):
     return ObjectStorage(tmp_path / "cache-a", url), ObjectStorage(tmp_path / "cache-b", url), Store(url)
 
 
+def test_an_unusable_store_url_stops_the_process_with_a_clear_message():
+    from pydantic import ValidationError
+
+    from app.config import Settings
+
+    with pytest.raises(ValidationError) as refused:
+        Settings(storage_url="nope://bucket/prefix")
+    assert "storage_url" in str(refused.value) and "Protocol not known: nope" in str(refused.value)
+    assert Settings(storage_url="s3://bucket/prefix").storage_url == "s3://bucket/prefix"
+
+
 def test_what_one_machine_writes_another_reads(machines, tmp_path):
     a, b, store = machines
     a.check()
