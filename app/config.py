@@ -91,6 +91,47 @@ class Settings(BaseSettings):
     webhook_backoff_s: float = Field(default=5.0, ge=0)
     webhook_max_attempts: int = Field(default=8, ge=1)
 
+    # Networks webhook URLs may reach although they are not public (CIDRs, e.g. ["10.0.0.0/8"]): by default
+    # loopback, private, link-local, multicast and reserved addresses are refused, when an endpoint is
+    # registered and again when each delivery connects (so a DNS answer that changes cannot redirect it).
+    webhook_allowed_networks: list[str] = []
+    # A delivery's whole time, connect to last byte; deliveries in flight at once, in all and per project.
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_concurrency: int = Field(default=16, ge=1)
+    webhook_project_concurrency: int = Field(default=2, ge=1)
+
+    # --- bounds on what one request may ask: each is checked before the work it would cause ---
+    # Bodies of every route but uploads (JSON), enforced while reading; uploads have max_upload_bytes.
+    max_body_bytes: int = Field(default=4 * 2**20, ge=1024)
+    # One record of an upload (a CSV/TSV record, a JSONL line, a Parquet row) and one value in it.
+    max_row_bytes: int = Field(default=2**20, ge=1024)
+    max_cell_bytes: int = Field(default=512 * 1024, ge=256)
+    # Lists and objects inside objects, in uploads and request bodies.
+    max_nesting_depth: int = Field(default=32, ge=2, le=200)
+    # Chat templates (the job's or a base model's): the time one rendering may take and what it may produce.
+    template_timeout_s: float = Field(default=1.0, gt=0)
+    template_max_chars: int = Field(default=4_000_000, ge=1000)
+    # /v1/completions prompts and /v1/chat/completions messages per request.
+    max_prompts: int = Field(default=32, ge=1)
+    max_messages: int = Field(default=256, ge=1)
+
+    # --- quotas per project: these defaults, or an operator's override (`finetune quota set`) ---
+    quota_active_jobs: int = Field(default=50, ge=0)  # queued + running + paused jobs
+    quota_storage_bytes: int = Field(default=100 * 2**30, ge=0)  # uploaded files, result files and models
+    quota_files: int = Field(default=1000, ge=0)
+    quota_webhook_endpoints: int = Field(default=10, ge=0)
+    quota_event_streams: int = Field(default=20, ge=0)  # open job-event streams, per API process
+    # Prediction and completion requests per second (token bucket per project and API process; burst 2×).
+    # 0: unlimited.
+    quota_requests_per_s: float = Field(default=100.0, ge=0)
+
+    # --- authentication ---
+    # How long an API process remembers a key: a revoked key stops working everywhere within this time
+    # (at once in the process that revoked it).
+    auth_cache_s: float = Field(default=10.0, ge=0)
+    # When set, GET /metrics asks for "Authorization: Bearer <this token>".
+    metrics_token: str = ""
+
     api_host: str = "127.0.0.1"
     api_port: int = 8000
 

@@ -6,6 +6,7 @@ names the offending field in dotted form (``column_mapping.label``) — never a 
 from __future__ import annotations
 
 import logging
+import math
 import re
 from typing import Any
 
@@ -22,9 +23,11 @@ _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permi
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None):
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers = headers
 
 
 def bad_request(message: str, param: str | None = None, code: str = "invalid_value") -> ApiError:
@@ -33,6 +36,12 @@ def bad_request(message: str, param: str | None = None, code: str = "invalid_val
 
 def not_found(kind: str, ident: str, param: str | None = None) -> ApiError:
     return ApiError(404, f"No {kind} found with id '{ident}'.", param=param, code=f"{kind}_not_found")
+
+
+def over_quota(message: str, param: str | None = None, retry_after_s: float = 60) -> ApiError:
+    """429 in OpenAI's shape (code ``rate_limit_exceeded``), with ``Retry-After`` in whole seconds."""
+    return ApiError(429, message, param=param, code="rate_limit_exceeded",
+                    headers={"Retry-After": str(max(1, math.ceil(retry_after_s)))})
 
 
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
@@ -63,7 +72,7 @@ def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.message, exc.param, exc.code)
+        return error_response(exc.status, exc.message, exc.param, exc.code, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
