@@ -4,7 +4,8 @@
   finetune api       the API alone (production: run `finetune migrate` first)
   finetune worker    one Celery worker on the GPU queue
   finetune migrate   apply database migrations
-  finetune create-key --project NAME   print a new API key for a project
+  finetune keys create|list|revoke      API keys of a project (scopes: predict, train, admin)
+  finetune quota show|set|reset         a project's quotas (defaults: FT_QUOTA_*)
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ import sys
 
 import typer
 
+from app.cli_admin import keys_cli, quota_cli
 from app.config import get_settings
 
 # Longer than the idle time of client connection pools (httpx: 5 s), so the server never closes a
 # kept-alive connection just as a client reuses it (a "connection reset" the client cannot tell apart).
 KEEP_ALIVE_S = 65
+# httptools (uvicorn's fast parser) with a bound on request heads: see app/http_protocol.py.
+HTTP_PROTOCOL = "app.http_protocol:HeadLimitedHttpToolsProtocol"
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -28,20 +32,34 @@ cli = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 def _prepare() -> None:
     from app.db.engine import session_scope
     from app.db.migrate import upgrade
-    from app.services.projects import add_key, any_key_exists, get_or_create_project
+    from app.services.keys import BOOTSTRAP_KEY_NAME, any_key_exists, hash_key, issue_key, revoke_other_bootstrap_keys
+    from app.services.projects import get_or_create_project
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    _owner_only(settings.data_dir)  # the database (webhook secrets), uploads and models are the tenants'
     upgrade(settings.resolved_database_url)
     with session_scope() as session:
         if settings.bootstrap_api_key:
-            add_key(session, get_or_create_project(session, "default"), settings.bootstrap_api_key, "bootstrap")
+            project = get_or_create_project(session, "default")
+            issue_key(session, project, scope="admin", name=BOOTSTRAP_KEY_NAME, key=settings.bootstrap_api_key)
+            if revoke_other_bootstrap_keys(session, project.id, hash_key(settings.bootstrap_api_key)):
+                typer.echo("FT_BOOTSTRAP_API_KEY changed: the previous bootstrap key is revoked.")
         elif not any_key_exists(session):
-            key = add_key(session, get_or_create_project(session, "default"), name="first start")
+            _, key = issue_key(session, get_or_create_project(session, "default"), scope="admin", name="first start")
             key_file = settings.data_dir / "api_key"
-            key_file.write_text(key + "\n")
-            key_file.chmod(0o600)
+            # Created readable by its owner only: never a moment when other users could read the key.
+            descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(key + "\n")
             typer.echo(f"Created an API key for project 'default'; it is in {key_file}.")
+
+
+def _owner_only(folder) -> None:
+    try:
+        folder.chmod(0o700)
+    except OSError as exc:  # a mount we do not own: say so, the operator decides
+        typer.echo(f"warning: cannot make {folder} private to this user ({exc}); other users may read it.", err=True)
 
 
 def die_with_parent() -> None:
@@ -82,7 +100,7 @@ def serve(host: str = typer.Option(None), port: int = typer.Option(None), worker
     child = subprocess.Popen(_worker_command(1), preexec_fn=die_with_parent) if worker else None
     try:
         uvicorn.run("app.main:create_app", factory=True, host=host or settings.api_host,
-                    port=port or settings.api_port, timeout_keep_alive=KEEP_ALIVE_S)
+                    port=port or settings.api_port, timeout_keep_alive=KEEP_ALIVE_S, http=HTTP_PROTOCOL)
     finally:
         if child and child.poll() is None:
             child.send_signal(signal.SIGTERM)  # warm shutdown: a running job's message goes back to the queue
@@ -100,7 +118,7 @@ def api(host: str = typer.Option(None), port: int = typer.Option(None), workers:
     settings = get_settings()
     _prepare()
     uvicorn.run("app.main:create_app", factory=True, host=host or settings.api_host,
-                port=port or settings.api_port, workers=workers, timeout_keep_alive=KEEP_ALIVE_S)
+                port=port or settings.api_port, workers=workers, timeout_keep_alive=KEEP_ALIVE_S, http=HTTP_PROTOCOL)
 
 
 @cli.command()
@@ -117,17 +135,21 @@ def migrate() -> None:
 
 
 @cli.command("create-key")
-def create_key(project: str = typer.Option("default", help="Project (tenant) the key belongs to.")) -> None:
+def create_key(project: str = typer.Option("default", help="Project (tenant) the key belongs to."),
+               scope: str = typer.Option("admin", help="predict, train or admin.")) -> None:
     """Print a new API key for PROJECT (created if new). It is shown only once."""
-    from app.db.engine import session_scope
-    from app.services.projects import add_key, get_or_create_project
+    from app.cli_admin import issue
 
-    _prepare()
-    with session_scope() as session:
-        typer.echo(add_key(session, get_or_create_project(session, project), name="cli"))
+    issue(project, scope, name="cli", expires_in_days=None)
+
+
+cli.add_typer(keys_cli, name="keys")
+cli.add_typer(quota_cli, name="quota")
 
 
 def main() -> None:
+    # Everything this service writes (database, uploads, models) is readable by its owner only.
+    os.umask(0o077)
     cli()
 
 

@@ -6,12 +6,13 @@ default and a production deployment differ only in environment variables, never 
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -94,7 +95,8 @@ class Settings(BaseSettings):
     # Networks webhook URLs may reach although they are not public (CIDRs, e.g. ["10.0.0.0/8"]): by default
     # loopback, private, link-local, multicast and reserved addresses are refused, when an endpoint is
     # registered and again when each delivery connects (so a DNS answer that changes cannot redirect it).
-    webhook_allowed_networks: list[str] = []
+    # A JSON list or comma-separated: FT_WEBHOOK_ALLOWED_NETWORKS=10.0.0.0/8,fd00::/8
+    webhook_allowed_networks: Annotated[list[str], NoDecode] = []
     # A delivery's whole time, connect to last byte; deliveries in flight at once, in all and per project.
     webhook_timeout_s: float = Field(default=10.0, gt=0)
     webhook_concurrency: int = Field(default=16, ge=1)
@@ -121,6 +123,7 @@ class Settings(BaseSettings):
     quota_files: int = Field(default=1000, ge=0)
     quota_webhook_endpoints: int = Field(default=10, ge=0)
     quota_event_streams: int = Field(default=20, ge=0)  # open job-event streams, per API process
+    quota_api_keys: int = Field(default=100, ge=1)  # active (unrevoked, unexpired) keys
     # Prediction and completion requests per second (token bucket per project and API process; burst 2×).
     # 0: unlimited.
     quota_requests_per_s: float = Field(default=100.0, ge=0)
@@ -158,6 +161,31 @@ class Settings(BaseSettings):
                 raise ValueError(f"cannot use {url!r}: {exc}. Use s3://bucket/prefix (s3fs installed), "
                                  "gs://… (gcsfs) or file:///path.") from None
         return url
+
+    @field_validator("webhook_allowed_networks", mode="before")
+    @classmethod
+    def _networks_from_text(cls, value):
+        if isinstance(value, str):
+            text = value.strip()
+            return json.loads(text) if text.startswith("[") else [part for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def _allowed_networks_are_cidrs(cls, cidrs: list[str]) -> list[str]:
+        """A mistyped network stops the process at start-up, naming it, rather than leaving webhooks
+        refused that operators meant to allow. Host bits must be clear: "10.1.2.3/8" could mean that one
+        address or all of 10/8."""
+        import ipaddress
+
+        for cidr in cidrs:
+            try:
+                ipaddress.ip_network(cidr.strip(), strict=True)
+            except ValueError as exc:
+                raise ValueError(f"FT_WEBHOOK_ALLOWED_NETWORKS: {cidr!r} is not a network in CIDR form ({exc}). "
+                                 'Give networks such as 10.0.0.0/8,fd00::/8 (or a JSON list), each written '
+                                 "with its network address (10.0.0.0/8, not 10.1.2.3/8).") from None
+        return [cidr.strip() for cidr in cidrs]
 
     @property
     def resolved_storage_dir(self) -> Path:

@@ -48,11 +48,28 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
     return {"error": {"message": message, "type": _TYPES.get(status, "api_error"), "param": param, "code": code}}
 
 
+def header_value(text: str, limit: int = 1000) -> str:
+    """``text`` as an HTTP header may carry it: printable ASCII only. Messages quote what the client sent
+    (an id with control characters, say), and one invalid header would turn the answer into a dropped
+    connection."""
+    return "".join(c if " " <= c <= "~" else "?" for c in text[:limit])
+
+
 def error_response(status: int, message: str, param: str | None = None, code: str | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
     # huggingface_hub clients read the message from this header (the body's "error" is OpenAI-shaped).
-    headers = {**(headers or {}), "X-Error-Message": message.encode("ascii", "replace").decode()[:1000]}
+    headers = {**(headers or {}), "X-Error-Message": header_value(message)}
     return JSONResponse(error_body(status, message, param, code), status_code=status, headers=headers)
+
+
+# An absolute filesystem path (two components or more), in a message written for a client.
+_SERVER_PATH = re.compile(r"(?<![\w.:/])/(?:[\w.@+-]+/)+[\w.@+-]*")
+
+
+def redact_paths(text: str) -> str:
+    """Server paths out of a message meant for a client (job errors, events): they say how this machine is
+    laid out, and whose folders are next to whose. The base name is kept: it is what a person needs."""
+    return _SERVER_PATH.sub(lambda m: "…/" + m.group(0).rstrip("/").rsplit("/", 1)[-1], text)
 
 
 _UNION_TAG = re.compile(r"^(int|float|str|bool|none|dict|list|.*\[.*\])$")

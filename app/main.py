@@ -11,14 +11,16 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api import completions, files, health, jobs, models, webhooks
-from app.api.upload_limit import UploadLimit
+from app.api import completions, files, health, jobs, keys, models, webhooks
+from app.api.gate import Gate
 from app.config import Settings, get_settings
 from app.errors import install_error_handlers
+from app.schemas.common import ERROR_RESPONSES
 from app.ml.batching import Batchers
 from app.ml.inference import ModelCache
+from app.services.quotas import StreamSlots
 from app.services.reaper import Reaper
-from app.services.webhooks import WebhookDispatcher
+from app.services.webhook_delivery import WebhookDispatcher
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -39,16 +41,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for thread in background:
             thread.stop()
 
-    app = FastAPI(title="Fine-tuning service", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="Fine-tuning service", version="0.1.0", lifespan=lifespan, responses=ERROR_RESPONSES,
                   description="Fine-tune Hugging Face models on demand. OpenAI fine-tuning API + HF Inference API.")
     app.state.model_cache = ModelCache(settings.model_cache_mb * 2**20)
+    app.state.stream_slots = StreamSlots()
     app.state.batchers = Batchers(settings.predict_max_batch, settings.predict_max_wait_ms / 1000,
                                   settings.predict_batch_size)
     install_error_handlers(app)
-    app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(Gate, max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes)
     serving_routers = (health, models, completions)
     for module in serving_routers if settings.serve_mode == "predictions" else \
-            (health, files, jobs, models, completions, webhooks):
+            (health, files, jobs, models, completions, webhooks, keys):
         app.include_router(module.router)
     logging.getLogger("app").setLevel(logging.INFO)
     return app

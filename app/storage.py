@@ -41,6 +41,10 @@ class LocalStorage:
     def __init__(self, root: Path):
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.chmod(0o700)  # tenants' uploads and models: no other user of the machine reads them
+        except OSError:  # a mount this user does not own; the operator set its permissions
+            pass
 
     def describe(self) -> str:
         return str(self.root)

@@ -26,6 +26,9 @@ import pytest  # noqa: E402
 from tests.support.live import LiveStack, postgres_database, redis_url  # noqa: E402
 from tests.support.tiny_models import build_base_models  # noqa: E402
 
+# Fixtures of small served models (a long-context GPT-2 with two LoRA adapters, encoders), for serving tests.
+pytest_plugins = ["tests.support.serving_models"]
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -47,12 +50,13 @@ def app(base_models_dir):
     return create_app(settings)
 
 
-def _key_for(project: str) -> str:
+def _key_for(project: str, scope: str = "admin") -> str:
     from app.db.engine import session_scope
-    from app.services.projects import add_key, get_or_create_project
+    from app.services.keys import issue_key
+    from app.services.projects import get_or_create_project
 
     with session_scope() as session:
-        return add_key(session, get_or_create_project(session, project))
+        return issue_key(session, get_or_create_project(session, project), scope=scope)[1]
 
 
 @pytest.fixture()
@@ -80,8 +84,9 @@ def pg_stack(base_models_dir, tmp_path_factory):
     with postgres_database() as db_url:
         # A longer batching window than the default: tiny models answer in about a millisecond, so
         # without it concurrent requests would rarely meet and the batching tests would prove little.
+        # A short key memory, so that revocation tests wait 2 s rather than the default 10.
         stack = LiveStack(tmp_path_factory.mktemp("pg-stack"), base_models_dir,
-                          database_url=db_url, broker_url=redis_url(), predict_max_wait_ms=25)
+                          database_url=db_url, broker_url=redis_url(), predict_max_wait_ms=25, auth_cache_s=2)
         with stack.running():
             yield stack
 

@@ -102,21 +102,18 @@ def test_service_commands_are_the_expected_ones(services):
 
 def test_worker_consumes_the_queues_of_jobs_it_has_the_devices_for(monkeypatch):
     from app import cli as commands
-    from app.config import get_settings
 
-    def queues() -> list[str]:
-        get_settings.cache_clear()
+    def queues(**environment: str) -> list[str]:
+        # Settings of their own, read from this environment; the process's cached Settings stay as they are
+        # (other tests' apps hold that very object).
+        for name, value in environment.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setattr(commands, "get_settings", Settings)
         command = commands._worker_command(1)
         return command[command.index("-Q") + 1].split(",")
 
-    monkeypatch.setenv("FT_GPU_QUEUE", "gpu")
-    try:
-        monkeypatch.setenv("FT_WORKER_DEVICES", "4")
-        assert queues() == ["gpu", "gpu-x2", "gpu-x3", "gpu-x4"]
-        monkeypatch.setenv("FT_WORKER_DEVICES", "1")
-        assert queues() == ["gpu"]
-    finally:
-        get_settings.cache_clear()  # later tests read their own environment's settings
+    assert queues(FT_GPU_QUEUE="gpu", FT_WORKER_DEVICES="4") == ["gpu", "gpu-x2", "gpu-x3", "gpu-x4"]
+    assert queues(FT_GPU_QUEUE="gpu", FT_WORKER_DEVICES="1") == ["gpu"]
 
 
 def test_worker_reserves_a_gpu(services):

@@ -169,7 +169,7 @@ def test_duplicate_delivery_runs_nothing(pg_stack):
         broker = Celery(broker=pg_stack.env["FT_BROKER_URL"])
         broker.send_task("worker.tasks.run_job", args=[job["id"]], queue=pg_stack.env["FT_GPU_QUEUE"])
         deadline = time.monotonic() + 30
-        while "is not queued any more" not in pg_stack.log():
+        while "no queued job for the turn of" not in pg_stack.log():
             assert time.monotonic() < deadline, pg_stack.log()
             time.sleep(0.5)
         after = c.get(f"/v1/fine_tuning/jobs/{job['id']}").json()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import time
 from pathlib import Path
 
@@ -353,3 +354,18 @@ def test_delete_refused_while_a_job_uses_the_file(client):
     response = client.delete(f"/v1/files/{f['id']}")
     assert response.status_code == 200
     assert response.json() == {"id": f["id"], "object": "file", "deleted": True}
+
+
+def test_preview_clips_long_values(client):
+    text = "word " * 1000  # 5,000 characters
+    f = uploaded(client, "long.jsonl", json.dumps({"text": text, "tags": list(range(200))}).encode() + b"\n")
+    row = client.get(f"/v1/files/{f['id']}/preview").json()["rows"][0]
+    assert row["text"] == text[:2000] + "…"
+    assert row["tags"] == list(range(50)) + ["…"]
+
+
+def test_nul_character_in_an_upload_is_an_error_with_line_and_column(client):
+    f = uploaded(client, "nul.csv", b"text,label\ngood,pos\nbad\x00,neg\n")
+    assert f["status"] == "error"
+    assert [(e["line"], e["column"]) for e in f["validation"]["errors"]] == [(3, "text")]
+    assert "NUL" in f["validation"]["errors"][0]["message"]

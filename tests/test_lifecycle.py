@@ -18,7 +18,9 @@ from tests.support.webhooks import HookServer, verify_signed
 # Long enough to interrupt (a few thousand tiny steps), checkpointing often.
 LONG = {"n_epochs": 40, "batch_size": 4, "learning_rate": 2e-3, "checkpoint_every": 200}
 FAST_LEASES = {"lease_seconds": "4", "reaper_interval_s": "1", "progress_interval_s": "0.3", "sse_ping_s": "1",
-               "webhook_poll_s": "0.2", "webhook_backoff_s": "0.5"}
+               "webhook_poll_s": "0.2", "webhook_backoff_s": "0.5",
+               # The webhook receiver listens on 127.0.0.1, which deliveries reach only when allowed.
+               "webhook_allowed_networks": '["127.0.0.0/8"]'}
 
 
 @pytest.fixture(scope="module")

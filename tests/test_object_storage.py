@@ -205,4 +205,5 @@ def test_jobs_train_and_serve_across_machines_that_share_only_the_store(base_mod
                 assert c.get("/readyz").json()["checks"]["storage"] == "ok"
                 deleted = c.delete(f"/v1/models/{done['fine_tuned_model']}")
                 assert deleted.status_code == 200, deleted.text
-                assert store.files("models") == [] and store.files("checkpoints")  # checkpoints stay listed
+                # The model's checkpoints go with it: each was servable and downloadable on its own.
+                assert store.files("models") == [] and store.files("checkpoints") == []

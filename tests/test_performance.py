@@ -114,7 +114,7 @@ def test_repeated_job_reads_tokenized_data_from_the_cache(base_models_dir, tmp_p
     assert "from the tokenization cache" not in first_message
     assert "from the tokenization cache" in again_message and again.trained_tokens == first.trained_tokens
     assert "from the tokenization cache" not in other_message and other.trained_tokens < first.trained_tokens
-    assert len(list((tmp_path / "cache").iterdir())) == 2
+    assert len([entry for namespace in (tmp_path / "cache").iterdir() for entry in namespace.iterdir()]) == 2
 
 
 @pytest.mark.parametrize("task_name, model_name", [("text-classification", "bert"), ("text-generation", "gpt2")])

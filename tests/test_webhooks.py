@@ -1,6 +1,8 @@
 """Webhooks: endpoints through the API (validation, project isolation), the outbox written when a job
-ends, and signed delivery with retries to a real HTTP server on 127.0.0.1. Signatures are checked here
-by recomputing the HMAC from the secret the API returned, not by calling the service's own signer."""
+ends, and signed delivery with retries to a real HTTP server on 127.0.0.1 (allowed for these tests by
+FT_WEBHOOK_ALLOWED_NETWORKS; what is refused by default is in test_webhook_safety.py). Signatures are
+checked here by recomputing the HMAC from the secret the API returned, not by calling the service's own
+signer."""
 
 from __future__ import annotations
 
@@ -8,91 +10,31 @@ import base64
 import threading
 import time
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select, update
 
-from app.config import get_settings
 from app.db.engine import session_scope
-from app.db.models import Job, WebhookDelivery
-from app.services import webhooks
+from app.db.models import Job
+from app.services import webhook_delivery, webhooks
 from tests.conftest import EXAMPLES, upload
-from tests.support.webhooks import HookServer, verify_signed
+from tests.support.webhook_flow import HOOKS, JOBS, cancelled_job, deliveries, register
+from tests.support.webhook_flow import hook_server, settings  # noqa: F401 - fixtures
+from tests.support.webhooks import verify_signed
 
-HOOKS = "/v1/webhooks"
-JOBS = "/v1/fine_tuning/jobs"
 ALL_EVENTS = ["fine_tuning.job.succeeded", "fine_tuning.job.failed", "fine_tuning.job.cancelled"]
-
-
-def _settle_outbox() -> None:
-    # deliver_due() works on the whole (shared, in-process) database: leave no pending delivery of
-    # another test behind, so that each test's counts are its own.
-    with session_scope() as session:
-        session.execute(update(WebhookDelivery).where(WebhookDelivery.status == "pending")
-                        .values(status="failed", last_error="settled by the test suite"))
-
-
-@pytest.fixture(autouse=True)
-def settings(app, monkeypatch):
-    settings = get_settings()
-    # The tests drive deliver_due() themselves; the lifespan's thread would race them.
-    monkeypatch.setattr(settings, "webhooks_dispatch", False)
-    monkeypatch.setattr(settings, "webhook_backoff_s", 5.0)
-    monkeypatch.setattr(settings, "webhook_max_attempts", 8)
-    _settle_outbox()
-    yield settings
-    _settle_outbox()
-
-
-@pytest.fixture()
-def hook_server():
-    servers = []
-
-    def make(statuses=(200,), delay_s: float = 0.0) -> HookServer:
-        servers.append(HookServer(statuses, delay_s))
-        return servers[-1]
-
-    yield make
-    for server in servers:
-        server.close()
-
-
-def _endpoint(client, url: str, **fields) -> dict:
-    response = client.post(HOOKS, json={"url": url, **fields})
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def _cancelled_job(client) -> str:
-    """A job of the client's project that has reached a terminal status, with its webhooks queued."""
-    file_id = upload(client, EXAMPLES / "sentiment.csv").json()["id"]
-    job = client.post(JOBS, json={"model": "tiny/bert", "training_file": file_id}).json()
-    cancelled = client.post(f"{JOBS}/{job['id']}/cancel").json()
-    assert cancelled["status"] == "cancelled", cancelled
-    return job["id"]
-
-
-def _deliveries(job_id: str, session=None) -> list[WebhookDelivery]:
-    def load(s):
-        rows = s.scalars(select(WebhookDelivery).order_by(WebhookDelivery.id))
-        return [r for r in rows if r.payload.get("data", {}).get("id") == job_id]
-
-    if session is not None:
-        return load(session)
-    with session_scope() as s:
-        return load(s)
 
 
 # --- the API ---------------------------------------------------------------------------------------------
 
 def test_create_get_list_delete(client):
-    created = _endpoint(client, "https://example.com/hooks/ft")
+    created = register(client, "https://example.com/hooks/ft")
     assert created["id"].startswith("whep_") and created["object"] == "webhook_endpoint"
     assert created["url"] == "https://example.com/hooks/ft" and created["events"] == ALL_EVENTS
     assert created["description"] == "" and isinstance(created["created_at"], int)
     assert created["secret"].startswith("whsec_") and len(base64.b64decode(created["secret"][6:])) == 24
 
-    second = _endpoint(client, "http://10.0.0.7:8080/cb", events=["fine_tuning.job.succeeded"],
+    second = register(client, "http://hooks.example.org:8080/cb", events=["fine_tuning.job.succeeded"],
                        description="only successes")
     assert second["events"] == ["fine_tuning.job.succeeded"] and second["description"] == "only successes"
     assert second["secret"] != created["secret"]
@@ -147,7 +89,7 @@ def test_unknown_field_and_long_description(client):
 
 
 def test_another_projects_endpoint_is_not_found(client, other_client):
-    mine = _endpoint(client, "https://example.com/mine")
+    mine = register(client, "https://example.com/mine")
     for response in (other_client.get(f"{HOOKS}/{mine['id']}"), other_client.delete(f"{HOOKS}/{mine['id']}")):
         assert response.status_code == 404
         error = response.json()["error"]
@@ -167,30 +109,30 @@ def test_requires_an_api_key(app):
 
 def test_signed_delivery_is_retried_after_500(client, hook_server):
     server, quiet = hook_server([500, 200]), hook_server([200])
-    endpoint = _endpoint(client, server.url)
-    _endpoint(client, quiet.url, events=["fine_tuning.job.succeeded"])  # not subscribed to cancellations
-    job_id = _cancelled_job(client)
+    endpoint = register(client, server.url)
+    register(client, quiet.url, events=["fine_tuning.job.succeeded"])  # not subscribed to cancellations
+    job_id = cancelled_job(client)
 
-    (delivery,) = _deliveries(job_id)  # one message: the succeeded-only endpoint got nothing queued
+    (delivery,) = deliveries(job_id)  # one message: the succeeded-only endpoint got nothing queued
     assert delivery.id.startswith("msg_") and delivery.endpoint_id == endpoint["id"]
     assert delivery.event_type == "fine_tuning.job.cancelled" and delivery.status == "pending"
 
     t0 = time.time()
-    assert webhooks.deliver_due(now=t0) == 1
-    (row,) = _deliveries(job_id)
+    assert webhook_delivery.deliver_due(now=t0) == 1
+    (row,) = deliveries(job_id)
     assert len(server.requests) == 1
     assert row.status == "pending" and row.attempts == 1 and row.last_error.startswith("HTTP 500")
     assert row.next_attempt_at == pytest.approx(t0 + 5.0)  # FT_WEBHOOK_BACKOFF_S after the first failure
 
-    assert webhooks.deliver_due(now=t0 + 4.0) == 0  # not due yet: the backoff is honoured
+    assert webhook_delivery.deliver_due(now=t0 + 4.0) == 0  # not due yet: the backoff is honoured
     assert len(server.requests) == 1
 
-    assert webhooks.deliver_due(now=t0 + 5.5) == 1
-    (row,) = _deliveries(job_id)
+    assert webhook_delivery.deliver_due(now=t0 + 5.5) == 1
+    (row,) = deliveries(job_id)
     assert row.status == "delivered" and row.attempts == 2 and row.delivered_at is not None and row.last_error is None
     assert len(server.requests) == 2
 
-    assert webhooks.deliver_due(now=t0 + 10_000) == 0  # delivered means done
+    assert webhook_delivery.deliver_due(now=t0 + 10_000) == 0  # delivered means done
     assert len(server.requests) == 2 and quiet.requests == []
 
     for request in server.requests:
@@ -204,21 +146,29 @@ def test_signed_delivery_is_retried_after_500(client, hook_server):
     assert server.requests[0]["body"] == server.requests[1]["body"]
 
 
-def test_an_idle_pass_opens_no_http_client(client, monkeypatch):
+def test_an_idle_dispatcher_builds_no_http_client(client, monkeypatch):
     """The dispatcher looks once a second in every API replica; an HTTP client costs ~30 ms of CPU to
-    build (its TLS context), so a pass with nothing due must not build one."""
+    build (its TLS context), so with nothing due neither a pass nor the running dispatcher builds one."""
+    built = []
+
     def no_client(*args, **kwargs):
+        built.append(1)
         raise AssertionError("an HTTP client was built with nothing to deliver")
 
-    monkeypatch.setattr(webhooks.httpx, "Client", no_client)
-    assert webhooks.deliver_due() == 0
+    monkeypatch.setattr(httpx, "AsyncClient", no_client)
+    assert webhook_delivery.deliver_due() == 0
+    dispatcher = webhook_delivery.WebhookDispatcher(poll_s=0.05)
+    dispatcher.start()
+    time.sleep(0.5)
+    dispatcher.stop()
+    assert built == [] and not dispatcher.alive
 
 
-def test_a_tampered_body_does_notverify_signed(client, hook_server):
+def test_a_tampered_body_does_not_verify(client, hook_server):
     server = hook_server([200])
-    endpoint = _endpoint(client, server.url)
-    _cancelled_job(client)
-    assert webhooks.deliver_due() == 1
+    endpoint = register(client, server.url)
+    cancelled_job(client)
+    assert webhook_delivery.deliver_due() == 1
     request = dict(server.requests[0], body=server.requests[0]["body"].replace(b"cancelled", b"succeeded"))
     with pytest.raises(AssertionError):
         verify_signed(request, endpoint["secret"])
@@ -228,18 +178,18 @@ def test_a_tampered_body_does_notverify_signed(client, hook_server):
 def test_exhausted_retries_end_failed(client, hook_server, settings, monkeypatch):
     monkeypatch.setattr(settings, "webhook_max_attempts", 3)
     server = hook_server([503])
-    _endpoint(client, server.url)
-    job_id = _cancelled_job(client)
+    register(client, server.url)
+    job_id = cancelled_job(client)
 
     t, waits = time.time(), []
     for _ in range(3):
-        assert webhooks.deliver_due(now=t) == 1
-        (row,) = _deliveries(job_id)
+        assert webhook_delivery.deliver_due(now=t) == 1
+        (row,) = deliveries(job_id)
         waits.append(row.next_attempt_at - t)
         t = row.next_attempt_at
     assert waits[:2] == [pytest.approx(5.0), pytest.approx(10.0)]  # doubling
     assert row.status == "failed" and row.attempts == 3 and row.last_error.startswith("HTTP 503")
-    assert webhooks.deliver_due(now=t + 10_000) == 0
+    assert webhook_delivery.deliver_due(now=t + 10_000) == 0
     assert len(server.requests) == 3
 
 
@@ -247,22 +197,22 @@ def test_unreachable_endpoint_is_retried_later(client, hook_server):
     server = hook_server([200])
     url = server.url
     server.close()  # nothing listens on that port any more
-    _endpoint(client, url)
-    job_id = _cancelled_job(client)
-    assert webhooks.deliver_due() == 1
-    (row,) = _deliveries(job_id)
+    register(client, url)
+    job_id = cancelled_job(client)
+    assert webhook_delivery.deliver_due() == 1
+    (row,) = deliveries(job_id)
     assert row.status == "pending" and row.attempts == 1 and "Connect" in row.last_error
 
 
 def test_two_dispatchers_never_send_one_message_twice(client, hook_server):
     server = hook_server([200], delay_s=0.3)
-    _endpoint(client, server.url)
-    job_id = _cancelled_job(client)
+    register(client, server.url)
+    job_id = cancelled_job(client)
     now, barrier, results = time.time(), threading.Barrier(3), []
 
     def replica():
         barrier.wait()
-        results.append(webhooks.deliver_due(now=now))
+        results.append(webhook_delivery.deliver_due(now=now))
 
     threads = [threading.Thread(target=replica) for _ in range(3)]
     for thread in threads:
@@ -270,41 +220,41 @@ def test_two_dispatchers_never_send_one_message_twice(client, hook_server):
     for thread in threads:
         thread.join(10)
     assert sorted(results) == [0, 0, 1] and len(server.requests) == 1
-    assert _deliveries(job_id)[0].status == "delivered"
+    assert deliveries(job_id)[0].status == "delivered"
 
 
 def test_deleting_an_endpoint_drops_its_pending_deliveries(client, hook_server):
     server = hook_server([200])
-    endpoint = _endpoint(client, server.url)
-    job_id = _cancelled_job(client)
-    assert len(_deliveries(job_id)) == 1
+    endpoint = register(client, server.url)
+    job_id = cancelled_job(client)
+    assert len(deliveries(job_id)) == 1
     assert client.delete(f"{HOOKS}/{endpoint['id']}").status_code == 200
-    assert _deliveries(job_id) == [] and webhooks.deliver_due() == 0 and server.requests == []
+    assert deliveries(job_id) == [] and webhook_delivery.deliver_due() == 0 and server.requests == []
 
 
 def test_record_job_event_ignores_unfinished_jobs(client, hook_server):
-    _endpoint(client, hook_server([200]).url)
+    register(client, hook_server([200]).url)
     file_id = upload(client, EXAMPLES / "sentiment.csv").json()["id"]
     job_id = client.post(JOBS, json={"model": "tiny/bert", "training_file": file_id}).json()["id"]
     with session_scope() as session:
         webhooks.record_job_event(session, session.get(Job, job_id))
-    assert _deliveries(job_id) == []
+    assert deliveries(job_id) == []
 
 
 def test_dispatcher_thread_delivers_and_survives_errors(client, hook_server, monkeypatch):
     server = hook_server([200])
-    _endpoint(client, server.url)
-    _cancelled_job(client)
-    real, calls = webhooks.deliver_due, []
+    register(client, server.url)
+    cancelled_job(client)
+    real, calls = webhook_delivery.due_deliveries, []
 
-    def flaky(*args, **kwargs):
+    def flaky(*args, **kwargs):  # the database is unreachable for the first look at the outbox
         calls.append(1)
         if len(calls) == 1:
             raise RuntimeError("database went away")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(webhooks, "deliver_due", flaky)
-    dispatcher = webhooks.WebhookDispatcher(poll_s=0.05)
+    monkeypatch.setattr(webhook_delivery, "due_deliveries", flaky)
+    dispatcher = webhook_delivery.WebhookDispatcher(poll_s=0.05)
     dispatcher.start()
     try:
         deadline = time.time() + 5

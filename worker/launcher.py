@@ -169,6 +169,7 @@ class _Relay:
 
 def _main(folder: Path) -> None:
     """One of the launched processes."""
+    from app.data.limits import ScanLimits
     from worker.preparation import DataFile
     from worker.training import TrainingError, TrainingSpec, is_out_of_memory, train
 
@@ -177,7 +178,8 @@ def _main(folder: Path) -> None:
     for key in ("checkpoint_dir", "resume_from", "token_cache_dir"):
         spec_fields[key] = Path(spec_fields[key]) if spec_fields.get(key) else None
     spec = TrainingSpec(**spec_fields)
-    files = [DataFile(**{**f, "path": Path(f["path"])}) if f else None for f in (job["train_file"], job["valid_file"])]
+    files = [DataFile(**{**f, "path": Path(f["path"]), "limits": ScanLimits(**f["limits"])}) if f else None
+             for f in (job["train_file"], job["valid_file"])]
     first = int(os.environ.get("RANK", "0")) == 0
     reporter = FileReporter(folder) if first else NullReporter()
     try:

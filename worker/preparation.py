@@ -4,11 +4,12 @@ remember the result in the tokenization cache."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.data.scan import iter_records
+from app.data.scan import ScanLimits, iter_numbered_records
+from app.ml.chat_templates import TemplateError, TemplateLimitError
 from app.ml.hyperparams import holdout_rows
 from worker.token_cache import TokenCache, cache_key, file_identity, tokenizer_identity
 
@@ -18,6 +19,8 @@ class DataFile:
     path: Path
     format: str
     sha256: str | None = None  # the uploaded file's digest: identifies it in the tokenization cache
+    # The deployment's limits on a record, as the upload was scanned with: rows read the same way here.
+    limits: ScanLimits = field(default_factory=ScanLimits)
 
 
 @dataclass
@@ -39,13 +42,24 @@ def load_rows(data: DataFile, task, column_mapping: dict[str, str], plan: dict[s
     is read (never held whole in memory)."""
     from datasets import Dataset
 
-    def rows(path: str, fmt: str):
-        for number, record in enumerate(iter_records(Path(path), fmt)):
-            # row_id lets tasks that split one row into several windows (QA) put them back together.
-            yield {"row_id": number, **task.row(record, column_mapping, plan)}
+    def rows(path: str, fmt: str, limits: ScanLimits):
+        for number, (line, record) in enumerate(iter_numbered_records(Path(path), fmt, limits)):
+            # row_id lets tasks that split one row into several windows (QA) put them back together;
+            # line names the row in the file when tokenizing it fails (a chat template's limit).
+            yield {"row_id": number, "line": line, **task.row(record, column_mapping, plan)}
 
-    return Dataset.from_generator(rows, gen_kwargs={"path": str(data.path), "fmt": data.format},
+    return Dataset.from_generator(rows, gen_kwargs={"path": str(data.path), "fmt": data.format, "limits": data.limits},
                                   cache_dir=str(cache_dir) if cache_dir else None)
+
+
+def _template_failure(exc: TemplateError, file_param: str) -> Exception:
+    """The job's error for a row its chat template could not render: which line, and why."""
+    from worker.training import TrainingError  # training imports this module
+
+    where = f"Line {exc.line} of {file_param}" if exc.line is not None else f"A row of {file_param}"
+    if isinstance(exc, TemplateLimitError):
+        return TrainingError("chat_template_limit", f"{where}: {exc.message}")
+    return TrainingError("chat_template_error", f"{where}: the chat template does not render it: {exc.message}")
 
 
 def prepare(task, tokenizer, tokenizer_path: str, column_mapping: dict[str, str], plan: dict[str, Any],
@@ -67,16 +81,21 @@ def prepare(task, tokenizer, tokenizer_path: str, column_mapping: dict[str, str]
             split = train_rows.train_test_split(test_size=held_out, seed=seed, shuffle=True)
             train_rows, eval_rows = split["train"], split["test"]
 
-        def tokenized(rows):
+        def tokenized(rows, file_param: str):
             def encode(batch):
                 out = task.tokenize(batch, tokenizer, plan, max_length)
                 # Lengths for length-grouped batches (the Trainer would otherwise read every row).
                 out["length"] = [len(ids) for ids in out["input_ids"]]
                 return out
-            return rows.map(encode, batched=True, remove_columns=rows.column_names)
+            try:
+                return rows.map(encode, batched=True, remove_columns=rows.column_names)
+            except TemplateError as exc:
+                raise _template_failure(exc, file_param) from None
 
-        train_set = tokenized(train_rows)
-        return {"train": train_set, "eval": tokenized(eval_rows) if eval_rows is not None else None,
+        train_set = tokenized(train_rows, "training_file")
+        eval_set = tokenized(eval_rows, "validation_file" if valid_file else "training_file") \
+            if eval_rows is not None else None
+        return {"train": train_set, "eval": eval_set,
                 "meta": {"rows": len(train_rows), "held_out": held_out,
                          "tokens_per_epoch": int(sum(train_set["length"]))}}
 

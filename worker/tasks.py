@@ -15,16 +15,19 @@ from celery.utils.log import get_task_logger
 from sqlalchemy import func, select
 
 from app.config import Settings, get_settings
+from app.data.limits import ScanLimits
 from app.db import transitions as st
 from app.db.engine import session_scope
 from app.db.events import append_event
 from app.db.models import Checkpoint, File, FineTunedModel, Job, now
+from app.errors import redact_paths
 from app.ids import new_id, short_job_id
 from app.ml.base_models import list_base_models
 from app.storage import get_storage
 from app.schemas.jobs import supervised_method
 from app.services.lifecycle import transition
 from app.services.results import write_metrics_csv
+from app.db.scheduling import next_job_query
 from worker.celery_app import celery_app
 
 log = get_task_logger(__name__)
@@ -114,16 +117,30 @@ class Heartbeat:
                 log.exception("heartbeat for %s failed", self.job_id)
 
 
-def _claim(job_id: str, worker_id: str, lease_seconds: int) -> Job | None:
+def _claim_next(message_job_id: str, worker_id: str, lease_seconds: int) -> Job | None:
+    """The queued job this worker should run now, claimed; None when there is none.
+
+    A message is a turn, not an order: it says "a job of this many devices was queued", and the
+    scheduler decides which one runs (app.db.scheduling). So a project that queued a hundred
+    jobs first does not make another project's first job wait behind all of them."""
     with session_scope() as s:
-        claimed = st.move(s, job_id, st.QUEUED, st.RUNNING, attempt=Job.attempt + 1, worker_id=worker_id,
-                          lease_expires_at=now() + lease_seconds, started_at=func.coalesce(Job.started_at, now()))
-        if not claimed:
-            return None
-        job = s.get(Job, job_id)
-        append_event(s, job_id, f"Job started on {worker_id} (attempt {job.attempt}).",
-                     data={"status": st.RUNNING, "attempt": job.attempt})
-        return job
+        devices = s.scalar(select(Job.devices).where(Job.id == message_job_id))
+    if devices is None:
+        return None
+    for _ in range(10):  # another worker may claim the same job first: then pick again
+        with session_scope() as s:
+            job_id = s.scalar(next_job_query(devices))
+            if job_id is None:
+                return None
+            claimed = st.move(s, job_id, st.QUEUED, st.RUNNING, attempt=Job.attempt + 1, worker_id=worker_id,
+                              lease_expires_at=now() + lease_seconds, started_at=func.coalesce(Job.started_at, now()))
+            if not claimed:
+                continue
+            job = s.get(Job, job_id)
+            append_event(s, job_id, f"Job started on {worker_id} (attempt {job.attempt}).",
+                         data={"status": st.RUNNING, "attempt": job.attempt})
+            return job
+    return None
 
 
 def _finish(job_id: str, to: str, message: str, level: str = "info", **fields: Any) -> None:
@@ -135,22 +152,23 @@ def _finish(job_id: str, to: str, message: str, level: str = "info", **fields: A
 def run_job(job_id: str) -> str:
     settings = get_settings()
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
-    job = _claim(job_id, worker_id, settings.lease_seconds)
+    job = _claim_next(job_id, worker_id, settings.lease_seconds)
     if job is None:
-        log.info("job %s is not queued any more; nothing to do", job_id)
+        log.info("no queued job for the turn of %s; nothing to do", job_id)
         return "skipped"
     try:
-        with Heartbeat(job_id, settings.lease_seconds):
+        with Heartbeat(job.id, settings.lease_seconds):
             return _run_claimed(job, settings)
     except Exception as exc:  # any failure ends as a failed job with an error a user can read
         from worker.training import TrainingError
 
         if isinstance(exc, TrainingError):
-            error = {"code": exc.code, "message": exc.message}
+            error = {"code": exc.code, "message": redact_paths(exc.message)}
         else:
-            log.error("job %s failed:\n%s", job_id, traceback.format_exc())
-            error = {"code": "training_failed", "message": f"Training failed: {type(exc).__name__}: {str(exc)[:500]}"}
-        _finish(job_id, st.FAILED, f"Job failed: {error['message']}", level="error", error=error)
+            log.error("job %s failed:\n%s", job.id, traceback.format_exc())
+            error = {"code": "training_failed",
+                     "message": redact_paths(f"Training failed: {type(exc).__name__}: {str(exc)[:500]}")}
+        _finish(job.id, st.FAILED, f"Job failed: {error['message']}", level="error", error=error)
         return "failed"
 
 
@@ -172,7 +190,11 @@ def _run_claimed(job: Job, settings: Settings) -> str:
         if not file_id:
             return None
         record = files[file_id]
-        return DataFile(storage.local_path(record.storage_key), record.format, sha256=record.sha256)
+        if not storage.exists(record.storage_key):
+            raise TrainingError("file_not_found", f"File {file_id} is missing from storage; upload it again and "
+                                "create a new job.")
+        return DataFile(storage.local_path(record.storage_key), record.format, sha256=record.sha256,
+                        limits=ScanLimits.from_settings(settings))
 
     checkpoint_prefix = f"checkpoints/{job.project_id}/{job.id}"
     # What an earlier attempt stored, maybe on another machine: the next attempt resumes from it.
@@ -184,14 +206,16 @@ def _run_claimed(job: Job, settings: Settings) -> str:
                         resume_from=latest_checkpoint(checkpoint_dir),
                         token_cache_dir=settings.data_dir.resolve() / "cache" / "tokenized"
                         if settings.token_cache_mb else None, token_cache_bytes=settings.token_cache_mb * 2**20,
+                        # Each project's tokenized data apart: a hit must never tell one project that
+                        # another trained on the same file.
+                        token_cache_namespace=job.project_id,
                         callbacks=settings.trainer_callbacks)
     work = settings.data_dir.resolve() / "work" / job.id
     output = work / "model"
     shutil.rmtree(work, ignore_errors=True)
     started = time.monotonic()
     try:
-        devices = int(job.hyperparameters.get("devices") or 1)
-        run = train if devices == 1 else partial(launch, devices=devices)
+        run = train if job.devices == 1 else partial(launch, devices=job.devices)
         outcome = run(spec, data(job.training_file), data(job.validation_file), output,
                       DbReporter(job, checkpoint_prefix), work_dir=work, progress_interval_s=settings.progress_interval_s)
         if outcome.stopped == "cancel":

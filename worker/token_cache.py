@@ -48,22 +48,26 @@ def cache_key(**parts: Any) -> str:
 
 
 class TokenCache:
-    def __init__(self, root: Path | None, budget_bytes: int):
+    """Entries live under ``root/<namespace>/<key>``: one namespace (a project) never finds another's.
+    The budget covers every namespace together."""
+
+    def __init__(self, root: Path | None, budget_bytes: int, namespace: str = ""):
         self.root, self.budget_bytes = root, budget_bytes
+        self.folder = root / (namespace or "_") if root is not None else None
 
     def get_or_build(self, key: str, build: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], bool]:
         """``build()`` returns ``{"train": Dataset, "eval": Dataset | None, "meta": {...}}``; the cached
         copy of it (loaded from disk, memory-mapped) and whether it came from the cache."""
         from datasets import load_from_disk
 
-        if self.root is None:
+        if self.folder is None:
             return build(), False
-        entry = self.root / key
+        entry = self.folder / key
         if (entry / "meta.json").exists():
             entry.touch()  # most recently used
             return self._load(entry, load_from_disk), True
         built = build()
-        staging = self.root / f".{key}.{uuid.uuid4().hex}"
+        staging = self.folder / f".{key}.{uuid.uuid4().hex}"
         staging.mkdir(parents=True)
         try:
             for name in ("train", "eval"):
@@ -86,7 +90,8 @@ class TokenCache:
                 "meta": json.loads((entry / "meta.json").read_text())}
 
     def _prune(self, keep: Path) -> None:
-        entries = [p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        entries = [p for folder in self.root.iterdir() if folder.is_dir() for p in folder.iterdir()
+                   if p.is_dir() and not p.name.startswith(".")]
         sizes = {p: sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) for p in entries}
         total = sum(sizes.values())
         for entry in sorted(entries, key=lambda p: p.stat().st_mtime):

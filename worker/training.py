@@ -45,6 +45,8 @@ class TrainingSpec:
     # Where tokenized datasets are kept between jobs (None: not kept), and how much of the disk they may use.
     token_cache_dir: Path | None = None
     token_cache_bytes: int = 10 * 2**30
+    # Entries of one namespace (a project) are only ever found by jobs of that namespace.
+    token_cache_namespace: str = ""
     # Extra Trainer callbacks as "module:Class" import paths (FT_TRAINER_CALLBACKS): names, not objects,
     # so that a spec travels to the processes of a multi-process job as JSON.
     callbacks: list[str] = field(default_factory=list)
@@ -98,7 +100,7 @@ def train(spec: TrainingSpec, train_file: DataFile, valid_file: DataFile | None,
     plan = task.plan_with_options(spec.plan, requested)
     tokenizer = task.prepare_tokenizer(AutoTokenizer.from_pretrained(spec.base_model_path), plan)
     max_length = int(requested["max_seq_length"])
-    cache = TokenCache(spec.token_cache_dir, spec.token_cache_bytes)
+    cache = TokenCache(spec.token_cache_dir, spec.token_cache_bytes, spec.token_cache_namespace)
     # Several processes of one job: the first tokenizes (and fills the cache), the others then read it.
     first = _main_process_first() if _distributed() else nullcontext()
     try:
@@ -283,7 +285,8 @@ def _fit(spec, task, tokenizer, hp, data, reporter, progress_interval_s, work_di
         callbacks=callbacks,
     )
     if resume_from is not None:
-        reporter.event(f"Resuming from checkpoint {Path(resume_from).name}.", data={"checkpoint": str(resume_from)})
+        name = Path(resume_from).name  # the folder's name only: where the worker keeps it is its own business
+        reporter.event(f"Resuming from checkpoint {name}.", data={"step": int(name.rsplit("-", 1)[1])})
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     return trainer, progress, result
 

@@ -1,20 +1,28 @@
-"""Typed dependencies shared by the routers."""
+"""Typed dependencies shared by the routers.
+
+Who is calling was settled by the gate (app.api.gate) before the body was read; a route declares what
+the caller must be allowed to do by the dependency it takes:
+
+* ``ReaderProjectDep`` — any key (``predict`` scope and up): reading models;
+* ``ServingProjectDep`` — any key, and counted against the project's request rate: predictions and
+  completions;
+* ``ProjectDep`` — ``train`` keys and up: files, jobs, models, webhooks;
+* ``AdminDep`` — ``admin`` keys: managing keys.
+"""
 
 from __future__ import annotations
 
-import threading
 from typing import Annotated
 
-from cachetools import TTLCache
-from fastapi import Depends, Header
-from fastapi.concurrency import run_in_threadpool
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from app.config import Settings, get_settings
-from app.db.engine import get_session, session_scope
-from app.db.models import Project
+from app.db.engine import get_session
 from app.errors import ApiError
-from app.services.projects import project_for_key
+from app.services.keys import Caller, ProjectRef
+from app.services.quotas import RequestRate
 from app.storage import LocalStorage, get_storage
 
 # scope="function": the transaction commits when the handler returns, before the response is sent, so a
@@ -23,45 +31,46 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StorageDep = Annotated[LocalStorage, Depends(get_storage)]
 
+# Declares the bearer scheme in the OpenAPI document (so /docs and generated clients send the key); the
+# gate has checked the key already.
+_bearer = HTTPBearer(auto_error=False, description="An API key of the project: `Authorization: Bearer sk-ft-…`")
+_request_rate = RequestRate()
 
-def current_project(session: SessionDep, authorization: Annotated[str | None, Header()] = None) -> Project:
-    if not authorization or not authorization.lower().startswith("bearer "):
-        raise ApiError(401, "Missing API key: send 'Authorization: Bearer <key>'.", code="missing_api_key")
-    project = project_for_key(session, authorization[7:].strip())
-    if project is None:
-        raise ApiError(401, "Invalid API key.", code="invalid_api_key")
+WHAT_SCOPES_ALLOW = {"predict": "predictions, completions and reading models",
+                     "train": "files, fine-tuning jobs, models and webhooks",
+                     "admin": "managing the project's API keys"}
+
+
+# The checks are coroutines: they do no blocking work, and a sync dependency would cost the serving hot
+# path a thread hop.
+def _allowed(needed: str):
+    async def caller(request: Request,
+               _: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None) -> Caller:
+        found: Caller | None = getattr(request.state, "caller", None)
+        if found is None:  # only routes under /v1 take a key, and the gate authenticates all of them
+            raise ApiError(401, "Missing API key: send 'Authorization: Bearer <key>'.", code="missing_api_key")
+        if not found.allows(needed):
+            raise ApiError(403, f"This API key has the '{found.scope}' scope, which allows "
+                                f"{WHAT_SCOPES_ALLOW[found.scope]}; this call needs a '{needed}' key. Ask an admin of "
+                                "the project for one.", code="insufficient_scope")
+        return found
+    return caller
+
+
+def _project(needed: str):
+    # The dependency is a default value, not an annotation: annotations are strings here (PEP 563) and
+    # FastAPI could not resolve a closure's name in them.
+    async def project(caller: Caller = Depends(_allowed(needed))) -> ProjectRef:
+        return caller.project
     return project
 
 
-ProjectDep = Annotated[Project, Depends(current_project, scope="function")]
+async def _serving_project(caller: Caller = Depends(_allowed("predict"))) -> ProjectRef:
+    _request_rate.take(caller.project)
+    return caller.project
 
 
-# Prediction traffic authenticates every request; a key's project is remembered this long, so that
-# a revoked key stops working on serving replicas within this many seconds.
-SERVING_AUTH_TTL_S = 10.0
-_serving_keys: TTLCache = TTLCache(maxsize=10_000, ttl=SERVING_AUTH_TTL_S)
-_serving_keys_lock = threading.Lock()  # TTLCache is not thread-safe; dependencies run in a thread pool
-
-
-async def serving_project(authorization: Annotated[str | None, Header()] = None) -> Project:
-    """The key's project, looked up in a session of its own that closes at once (prediction requests
-    wait on the model for a while and must not hold a database connection meanwhile), and remembered
-    briefly so that a stream of predictions does not query the database each time."""
-    with _serving_keys_lock:
-        cached = _serving_keys.get(authorization) if authorization else None
-    if cached is not None:
-        return cached
-    project = await run_in_threadpool(_project_for, authorization)
-    with _serving_keys_lock:
-        _serving_keys[authorization] = project
-    return project
-
-
-def _project_for(authorization: str | None) -> Project:
-    with session_scope() as session:
-        project = current_project(session, authorization)
-        session.expunge(project)
-    return project
-
-
-ServingProjectDep = Annotated[Project, Depends(serving_project)]
+ReaderProjectDep = Annotated[ProjectRef, Depends(_project("predict"))]
+ServingProjectDep = Annotated[ProjectRef, Depends(_serving_project)]
+ProjectDep = Annotated[ProjectRef, Depends(_project("train"))]
+AdminDep = Annotated[Caller, Depends(_allowed("admin"))]

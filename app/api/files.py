@@ -2,31 +2,49 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Query, UploadFile
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
+from starlette.datastructures import UploadFile
 
 from app.api.deps import ProjectDep, SessionDep, SettingsDep, StorageDep
 from app.errors import ApiError
 from app.schemas.common import Deleted, ListPage, page_of
 from app.schemas.files import FileObject, FilePreview
 from app.services import files as service
+from app.services.quotas import storage_exceeded, upload_allowance
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
 
-@router.post("", response_model=FileObject)
-async def upload_file(session: SessionDep, storage: StorageDep, settings: SettingsDep, project: ProjectDep,
-                      file: UploadFile | None = None, purpose: Annotated[str, Form()] = "fine-tune") -> FileObject:
-    if file is None:
+# The body is read by the route itself (not declared as File/Form parameters, which FastAPI would read
+# first): the project's file and storage quotas are checked before a byte of the upload is spooled.
+_UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"],
+    "properties": {"file": {"type": "string", "format": "binary", "description": "CSV, TSV, JSONL or Parquet."},
+                   "purpose": {"type": "string", "enum": ["fine-tune"], "default": "fine-tune"}}}}}}}
+
+
+@router.post("", response_model=FileObject, openapi_extra=_UPLOAD_BODY)
+async def upload_file(request: Request, session: SessionDep, storage: StorageDep, settings: SettingsDep,
+                      project: ProjectDep) -> FileObject:
+    allowance = await run_in_threadpool(upload_allowance, session, project)
+    form = await request.form(max_files=1, max_fields=8)
+    file, purpose = form.get("file"), form.get("purpose") or "fine-tune"
+    if not isinstance(file, UploadFile):
         raise ApiError(400, "Send the dataset as the multipart field 'file'.", param="file", code="missing_file")
+    if not isinstance(purpose, str):
+        raise ApiError(400, "'purpose' must be a text field.", param="purpose")
+    if file.size is not None and file.size > allowance:
+        raise storage_exceeded(project)
     record = await service.ingest(session, storage, project, file, file.filename or "upload", purpose,
-                                  settings.max_upload_bytes)
+                                  min(settings.max_upload_bytes, allowance))
     return FileObject.of(record)
 
 
 @router.get("", response_model=ListPage[FileObject])
 def list_files(session: SessionDep, project: ProjectDep, after: str | None = None,
-               limit: Annotated[int, Query(ge=1, le=10_000)] = 20, purpose: str | None = None):
+               limit: Annotated[int, Query(ge=1, le=100)] = 20, purpose: str | None = None):
     page = page_of(service.list_files(session, project, after, limit, purpose), limit)
     page["data"] = [FileObject.of(f) for f in page["data"]]
     return page
@@ -37,7 +55,9 @@ def get_file(file_id: str, session: SessionDep, project: ProjectDep) -> FileObje
     return FileObject.of(service.get_file(session, project, file_id))
 
 
-@router.get("/{file_id}/content")
+@router.get("/{file_id}/content", response_class=FileResponse, responses={200: {
+    "description": "The file as uploaded.",
+    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
 def file_content(file_id: str, session: SessionDep, project: ProjectDep, storage: StorageDep) -> FileResponse:
     record = service.get_file(session, project, file_id)
     return FileResponse(storage.local_path(record.storage_key), filename=record.filename,

@@ -19,7 +19,7 @@ _METADATA_PARAM = re.compile(r"^metadata\[(.+)\]$")
 
 @router.post("", response_model=JobObject)
 def create_job(body: JobCreate, session: SessionDep, settings: SettingsDep, project: ProjectDep,
-               idempotency_key: Annotated[str | None, Header()] = None) -> JobObject:
+               idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> JobObject:
     job, created = service.create_job(session, settings, project, body, idempotency_key)
     if created:
         session.commit()  # enqueue strictly after the row is durable
@@ -74,9 +74,10 @@ def list_events(job_id: str, request: Request, session: SessionDep, settings: Se
                 last_event_id: Annotated[str | None, Header()] = None):
     job = service.get_job(session, project, job_id)
     if stream or "text/event-stream" in request.headers.get("accept", ""):
+        slot = request.app.state.stream_slots.acquire(project)  # 429 past the project's open-stream quota
         session.commit()  # gives the connection back: the stream polls with short sessions of its own
         start = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
-        return EventSourceResponse(follow(job.id, start), ping=settings.sse_ping_s)
+        return EventSourceResponse(follow(job.id, start, slot), ping=settings.sse_ping_s)
     page = page_of(service.list_events(session, job, after, limit), limit)
     page["data"] = [EventObject.model_validate(e, from_attributes=True) for e in page["data"]]
     return page

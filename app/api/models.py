@@ -4,12 +4,12 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse
-from starlette.background import BackgroundTask
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict
 
-from app.api.deps import ProjectDep, ServingProjectDep, SessionDep, SettingsDep, StorageDep
+from app.api.deps import ProjectDep, ReaderProjectDep, ServingProjectDep, SessionDep, SettingsDep, StorageDep
 from app.errors import bad_request
+from app.ml.artifacts import iter_archive
 from app.ml.tasks import get_task
 from app.services import models as service
 from app.services import serving
@@ -24,7 +24,7 @@ class PredictRequest(BaseModel):
 
 
 @router.get("")
-def list_models(session: SessionDep, settings: SettingsDep, project: ProjectDep) -> dict[str, Any]:
+def list_models(session: SessionDep, settings: SettingsDep, project: ReaderProjectDep) -> dict[str, Any]:
     return {"object": "list", "data": service.list_models(session, settings, project)}
 
 
@@ -45,30 +45,33 @@ async def predict_route(model_id: str, body: PredictRequest, request: Request, s
     return JSONResponse(outputs)
 
 
-@router.get("/{model_id:path}/download")
+@router.get("/{model_id:path}/download", response_class=StreamingResponse, responses={200: {
+    "description": "A .tar.gz of the model's files.",
+    "content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}}}})
 async def download_model(model_id: str, session: SessionDep, settings: SettingsDep, storage: StorageDep,
-                         project: ProjectDep) -> FileResponse:
-    """The model as a .tar.gz: safetensors weights (or the LoRA adapter), config and tokenizer."""
+                         project: ProjectDep) -> StreamingResponse:
+    """The model as a .tar.gz: safetensors weights (or the LoRA adapter), config and tokenizer, compressed
+    while it is sent."""
     servable = service.require_fine_tuned(session, settings, project, model_id)
     # In a thread: with an object store, the model may have to be downloaded first.
-    archive = await run_in_threadpool(lambda: service.archive(storage.local_path(servable.storage_key)))
+    folder = await run_in_threadpool(storage.local_path, servable.storage_key)
     filename = model_id.replace("/", "_").replace(":", "_") + ".tar.gz"
-    return FileResponse(archive, media_type="application/gzip", filename=filename,
-                        background=BackgroundTask(archive.unlink, missing_ok=True))
+    return StreamingResponse(iter_archive(folder), media_type="application/gzip",
+                             headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
 
 @router.get("/{model_id:path}")
-def get_model(model_id: str, session: SessionDep, settings: SettingsDep, project: ProjectDep) -> dict[str, Any]:
+def get_model(model_id: str, session: SessionDep, settings: SettingsDep, project: ReaderProjectDep) -> dict[str, Any]:
     return service.get_model(session, settings, project, model_id)
 
 
 @router.delete("/{model_id:path}")
 def delete_model(model_id: str, request: Request, session: SessionDep, settings: SettingsDep, storage: StorageDep,
                  project: ProjectDep) -> dict[str, Any]:
-    tuned = service.delete_model(session, settings, project, model_id)
+    """Deletes the model and its checkpoints; none of them is served or downloadable afterwards."""
+    deleted = service.delete_model(session, settings, project, model_id)
     session.commit()
-    request.app.state.model_cache.drop(model_id)
-    request.app.state.batchers.drop(model_id)
-    serving.forget(model_id)
-    storage.delete(tuned.storage_key)
+    serving.unload(request.app.state.model_cache, request.app.state.batchers, [d.id for d in deleted])
+    for servable in deleted:
+        storage.delete(servable.storage_key)
     return {"id": model_id, "object": "model", "deleted": True}

@@ -1,4 +1,4 @@
-"""Webhook endpoints of the caller's project. Deliveries are made by app.services.webhooks."""
+"""Webhook endpoints of the caller's project. Deliveries are made by app.services.webhook_delivery."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -26,6 +26,8 @@ class Project(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    # An operator's per-project overrides of the FT_QUOTA_* defaults, e.g. {"active_jobs": 200}.
+    quotas: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
 class ApiKey(Base):
@@ -36,8 +38,14 @@ class ApiKey(Base):
     # Only a SHA-256 of the key is stored; the key itself is shown once, when it is created.
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     display_prefix: Mapped[str] = mapped_column(String(16))
+    # The key's last four characters, so people can tell their keys apart in a listing.
+    last4: Mapped[str] = mapped_column(String(4), default="")
     name: Mapped[str] = mapped_column(String(200), default="")
+    # "admin" (everything, keys included), "train" (files, jobs, models, webhooks) or "predict"
+    # (predictions, completions and reading models).
+    scope: Mapped[str] = mapped_column(String(16), default="admin")
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    expires_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     revoked_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
@@ -65,7 +73,8 @@ class File(Base):
 
 class Job(Base):
     __tablename__ = "fine_tuning_jobs"
-    __table_args__ = (UniqueConstraint("project_id", "idempotency_key", name="uq_jobs_idempotency"),)
+    __table_args__ = (UniqueConstraint("project_id", "idempotency_key", name="uq_jobs_idempotency"),
+                      Index("ix_fine_tuning_jobs_status_devices", "status", "devices"))
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
@@ -79,6 +88,9 @@ class Job(Base):
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
     method: Mapped[dict[str, Any]] = mapped_column(default=dict)
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # GPUs (processes on CPU) the job trains on: which workers may take it (their queue), and which
+    # queued jobs a worker's scheduler chooses from.
+    devices: Mapped[int] = mapped_column(Integer, default=1)
     column_mapping: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # Facts the worker needs that were derived during validation (label names, target scaling).
     training_plan: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -105,11 +117,6 @@ class Job(Base):
     created_at: Mapped[int] = mapped_column(BigInteger, default=now, index=True)
     started_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-
-    @property
-    def devices(self) -> int:
-        """GPUs (processes on CPU) the job trains on; it decides which workers may take it."""
-        return int((self.hyperparameters or {}).get("devices") or 1)
 
 
 class JobEvent(Base):

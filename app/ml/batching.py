@@ -20,7 +20,7 @@ from typing import Any
 from fastapi.concurrency import run_in_threadpool
 
 from app.ml.inference import LoadedModel, predict
-from app.ml.tasks import FieldProblem
+from app.ml.tasks import FieldProblem, get_task
 from app.observability import BATCH_INPUTS, PREDICT_BATCHES, PREDICT_INPUTS, PREDICT_REQUESTS
 
 
@@ -55,8 +55,10 @@ class MicroBatcher:
 
     async def submit(self, loaded: LoadedModel, inputs: list[Any], parameters: dict[str, Any], run: Runner = predict,
                      alone: bool = False) -> list[Any]:
-        PREDICT_REQUESTS.labels(self.model_id).inc()
-        PREDICT_INPUTS.labels(self.model_id).inc(len(inputs))
+        PREDICT_REQUESTS.labels(loaded.task).inc()
+        PREDICT_INPUTS.labels(loaded.task).inc(len(inputs))
+        if run is predict:
+            parameters = await _checked(loaded, inputs, parameters)
         self._loaded = loaded  # the newest load (the cache may have reloaded it)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
@@ -98,7 +100,7 @@ class MicroBatcher:
 
     async def _forward(self, requests: list[_Request]) -> None:
         inputs = [item for r in requests for item in r.inputs]
-        PREDICT_BATCHES.labels(self.model_id).inc()
+        PREDICT_BATCHES.labels(self._loaded.task).inc()
         BATCH_INPUTS.observe(len(inputs))
         try:
             outputs = await run_in_threadpool(requests[0].run, self._loaded, inputs, requests[0].parameters,
@@ -118,6 +120,15 @@ class MicroBatcher:
         for request in requests:
             _settle(request, result=outputs[start:start + len(request.inputs)])
             start += len(request.inputs)
+
+
+async def _checked(loaded: LoadedModel, inputs: list[Any], parameters: dict[str, Any]) -> dict[str, Any]:
+    """A task's checks of a whole request that need the model (text generation: prompts against its
+    context), before the request joins a batch: they fail this request alone, and never inside the
+    model's lock. In a worker thread, as they tokenize; tasks without such checks skip the hop."""
+    task = get_task(loaded.task)
+    return await run_in_threadpool(task.checked_parameters, loaded, inputs, parameters) if task.checks_requests \
+        else parameters
 
 
 def _settle(request: _Request, result: Any = None, error: BaseException | None = None) -> None:

@@ -1,14 +1,20 @@
 """Loaded models for prediction. The cache is bounded by a memory budget (least recently used go
 first), never loads one model twice at once, and lets LoRA models that share a base model share its
 weights: one peft model per (base, task head) holds every adapter, and each batch switches to its
-own adapter under the base's lock."""
+own adapter under the base's lock.
+
+That lock is shared by every project whose adapters sit on the base, so it is fair: waiters take
+turns by model (see ``FairLock``), and work that holds it for long (a generation, a list of batches)
+hands it over between decoding steps or batches whenever someone waits (``LoadedModel.let_others_run``).
+One tenant's long generations therefore delay another's request by a step each, not by their length."""
 
 from __future__ import annotations
 
 import json
 import threading
-from collections import OrderedDict
-from collections.abc import Callable
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +22,51 @@ from typing import Any
 from app.ml.artifacts import load_adapter_into, load_base_for_adapters, load_full, read_service_config
 from app.ml.tasks import get_task
 from app.observability import CACHE_ADAPTERS, CACHE_BASES, CACHE_BYTES, CACHE_MODELS
+
+
+class FairLock:
+    """The lock of a model, or of a base model its adapters share. Waiters take turns by owner (the
+    model they run: one tenant's), oldest first within an owner, so a tenant with many requests
+    waiting gets one turn per round like any other. (``threading.Lock`` has no order at all: a
+    thread that releases and re-takes it usually wins again, starving the others.)"""
+
+    def __init__(self):
+        self._state = threading.Condition(threading.Lock())
+        # Owner → its waiters' tickets, oldest first; owners in the order of their turns.
+        self._turns: OrderedDict[Hashable, deque[object]] = OrderedDict()
+        self._waiting = 0
+        self._held = False
+
+    def acquire(self, owner: Hashable = None) -> None:
+        ticket = object()
+        with self._state:
+            self._turns.setdefault(owner, deque()).append(ticket)
+            self._waiting += 1
+            while self._held or next(iter(self._turns)) != owner or self._turns[owner][0] is not ticket:
+                self._state.wait()
+            tickets = self._turns.pop(owner)
+            tickets.popleft()
+            if tickets:  # the owner's other waiters: after every other owner's turn
+                self._turns[owner] = tickets
+            self._waiting -= 1
+            self._held = True
+
+    def release(self) -> None:
+        with self._state:
+            self._held = False
+            self._state.notify_all()
+
+    @property
+    def waiting(self) -> int:
+        """Threads waiting for the lock. Read without the lock: at worst a hand-over comes a step late."""
+        return self._waiting
+
+    def __enter__(self) -> FairLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.release()
 
 
 @dataclass
@@ -26,25 +77,83 @@ class LoadedModel:
     task: str
     model: Any
     tokenizer: Any
-    lock: threading.Lock
+    lock: FairLock
     plan: dict[str, Any] = field(default_factory=dict)
     max_length: int = 512
     adapter: str | None = None
     bytes: int = 0
     base_key: str | None = None
+    shared: _Base | None = None  # for an adapter: the base it sits on (who is using which adapter)
 
     def activate(self) -> None:
         """Point a shared peft model at this model's adapter; call with ``lock`` held."""
-        if self.adapter is not None:
+        if self.adapter is not None and self.model.active_adapter != self.adapter:
             self.model.set_adapter(self.adapter)
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """The model to run on: its lock taken and its adapter active. While held, evicting the
+        model does not delete its adapter (the run may have handed the lock to the evicter); the
+        last run using an evicted adapter deletes it."""
+        self.lock.acquire(self.adapter)
+        try:
+            if self.shared is not None:
+                self.shared.users[self.adapter] += 1
+            try:
+                self.activate()
+                yield
+            finally:
+                if self.shared is not None:
+                    self.shared.done_with(self.adapter)
+        finally:
+            self.lock.release()
+
+    def let_others_run(self) -> None:
+        """Between two decoding steps or batches of a run inside ``hold()``: when other requests wait
+        for the lock, let them go first (a turn each per owner), then take it back and switch to this
+        model's adapter again. The random number generator's state is kept across the hand-over,
+        so a seeded sample draws the same numbers whoever ran in between."""
+        if not self.lock.waiting:
+            return
+        rng = _rng_state()
+        self.lock.release()
+        self.lock.acquire(self.adapter)
+        _restore_rng(rng)
+        self.activate()
+
+
+def _rng_state() -> tuple[Any, Any]:
+    import torch
+
+    return torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+
+
+def _restore_rng(state: tuple[Any, Any]) -> None:
+    import torch
+
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
 
 
 @dataclass
 class _Base:
     model: Any  # a PeftModel holding one adapter per served model
-    lock: threading.Lock
+    lock: FairLock
     bytes: int
     adapters: set[str] = field(default_factory=set)
+    users: Counter[str] = field(default_factory=Counter)  # runs in progress per adapter (under lock)
+    retired: set[str] = field(default_factory=set)  # evicted while in use: deleted by their last run
+
+    def done_with(self, adapter: str) -> None:
+        """A run on ``adapter`` ended (lock held)."""
+        self.users[adapter] -= 1
+        if self.users[adapter] <= 0:
+            del self.users[adapter]
+            if adapter in self.retired:
+                self.retired.discard(adapter)
+                self.model.delete_adapter(adapter)
 
 
 def model_bytes(model) -> int:
@@ -97,20 +206,23 @@ class ModelCache:
                 base = self._bases.get(key)
             if base is None:
                 model = load_base_for_adapters(task, plan, path, base_path, adapter_name=model_id)
-                base = _Base(model, threading.Lock(), model_bytes(model))
+                base = _Base(model, FairLock(), model_bytes(model))
                 with self._guard:
                     self._bases[key] = base
             else:
                 with base.lock:  # adding an adapter must not race a forward on another one
-                    load_adapter_into(base.model, path, adapter_name=model_id)
+                    if model_id in base.retired:  # evicted but still generating: its weights are there
+                        base.retired.discard(model_id)
+                    else:
+                        load_adapter_into(base.model, path, adapter_name=model_id)
             base.adapters.add(model_id)
             tokenizer = task.prepare_tokenizer(_tokenizer(path), plan)
             adapter_bytes = sum(f.stat().st_size for f in path.glob("adapter_model.safetensors"))
             return LoadedModel(task.name, base.model, tokenizer, base.lock, plan, max_length, model_id,
-                               adapter_bytes, key)
+                               adapter_bytes, key, base)
         model = load_full(task, path)
         tokenizer = task.prepare_tokenizer(_tokenizer(path), plan)
-        return LoadedModel(task.name, model, tokenizer, threading.Lock(), plan, max_length, None, model_bytes(model))
+        return LoadedModel(task.name, model, tokenizer, FairLock(), plan, max_length, None, model_bytes(model))
 
     def _used_bytes(self) -> int:
         return sum(m.bytes for m in self._models.values()) + sum(b.bytes for b in self._bases.values())
@@ -135,7 +247,10 @@ class ModelCache:
             del self._bases[loaded.base_key]  # the last adapter gone: the base weights go too
         else:
             with base.lock:
-                base.model.delete_adapter(model_id)
+                if base.users[model_id]:
+                    base.retired.add(model_id)  # a run still uses it (see LoadedModel.hold)
+                else:
+                    base.model.delete_adapter(model_id)
 
     def drop(self, model_id: str) -> None:
         with self._guard:
@@ -172,12 +287,14 @@ def predict(loaded: LoadedModel, inputs: list[Any], parameters: dict[str, Any], 
 def in_sorted_batches(loaded: LoadedModel, inputs: list[Any], batch_size: int,
                       forward: Callable[[list[Any]], list[Any]]) -> list[Any]:
     """``forward`` over batches of at most ``batch_size`` inputs, sorted by length so each batch pads
-    little, with the outputs put back in the inputs' order."""
+    little, with the outputs put back in the inputs' order. One forward at a time per model (or
+    shared base): torch already uses every core; others waiting get their turn between batches."""
     order = sorted(range(len(inputs)), key=lambda i: len(str(inputs[i])))
     outputs: list[Any] = [None] * len(inputs)
-    with loaded.lock:  # one forward at a time per model (or shared base); torch already uses every core
-        loaded.activate()
+    with loaded.hold():
         for start in range(0, len(order), batch_size):
+            if start:
+                loaded.let_others_run()
             chunk = order[start:start + batch_size]
             for index, output in zip(chunk, forward([inputs[i] for i in chunk])):
                 outputs[index] = output

@@ -29,11 +29,16 @@ class Sampling(BaseModel):
     stop: str | list[str] | None = None
     stream: bool = False
     n: int = Field(default=1, ge=1, le=1, description="One choice per request.")
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+    # vLLM's extension: keep only the prompt's last k tokens (instead of refusing a prompt too long for
+    # the model's context).
+    truncate_prompt_tokens: int | None = Field(default=None, ge=1)
 
     def parameters(self) -> dict[str, Any]:
+        """The generation settings, under the names app/ml/generation.py reads (which checks them all;
+        the stop strings' bounds included)."""
         return {"max_new_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p,
-                "stop": self.stop}
+                "stop": self.stop, "truncate_prompt_tokens": self.truncate_prompt_tokens}
 
 
 class ChatCompletionRequest(Sampling):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from app.db.models import Checkpoint, Job
 
@@ -96,7 +96,9 @@ class JobCreate(BaseModel):
     validation_file: str | None = None
     suffix: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9._-]*$")
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
-    metadata: dict[str, str] | None = Field(default=None, max_length=16)
+    # OpenAI's bounds: 16 pairs, keys up to 64 characters, values up to 512.
+    metadata: dict[Annotated[str, StringConstraints(max_length=64)], Annotated[str, StringConstraints(max_length=512)]] \
+        | None = Field(default=None, max_length=16)
     method: Method | None = None
     # The legacy top-level form the OpenAI API still accepts.
     hyperparameters: Hyperparameters | None = None

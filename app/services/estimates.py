@@ -17,14 +17,20 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.data.scan import iter_records
+from app.config import get_settings
+from app.data.scan import ScanLimits, iter_numbered_records
 from app.db.models import Job
+from app.errors import ApiError, bad_request
 from app.ml import hyperparams
+from app.ml.chat_templates import TemplateError, TemplateLimitError, template_budget
 from app.ml.base_models import parameter_count
 from app.ml.devices import DATASHEET_PEAKS, training_flops
 from app.storage import get_storage
 
 SAMPLE_ROWS = 256
+SAMPLE_CHUNK_ROWS = 32
+# Rendering the sample's chat conversations may take this many per-rendering time limits in all.
+SAMPLE_RENDER_TIMEOUTS = 5
 ASSUMED_MFU = 0.35
 # Python, data loading and optimiser work per step that FLOPs do not capture; it dominates small models.
 ASSUMED_STEP_OVERHEAD_S = 0.01
@@ -32,20 +38,53 @@ HISTORY_JOBS = 20
 
 
 def tokens_per_row(planned) -> tuple[float, float]:
-    """Mean (examples, tokens) one row of the training file becomes, from a sample of its rows."""
+    """Mean (examples, tokens) one row of the training file becomes, from a sample of its rows.
+
+    Chat templates render under a budget for the whole sample (time, and characters, which is also
+    what tokenizing costs): a sample that runs out of it is estimated from the rows done so far, and
+    one that cannot do a single row is refused with what to change."""
     from transformers import AutoTokenizer
 
     task, hp = planned.task, planned.hyperparameters
     plan = task.plan_with_options(planned.plan, hp)
     tokenizer = task.prepare_tokenizer(AutoTokenizer.from_pretrained(str(planned.base.path)), plan)
     path = get_storage().local_path(planned.train.storage_key)
-    rows = [task.row(record, planned.mapping, plan) for record in islice(iter_records(path, planned.train.format),
-                                                                           SAMPLE_ROWS)]
-    if not rows:
+    settings = get_settings()
+    sampled = islice(iter_numbered_records(path, planned.train.format, ScanLimits.from_settings(settings)),
+                     SAMPLE_ROWS)
+    done = examples = tokens = 0
+    with template_budget(SAMPLE_RENDER_TIMEOUTS * settings.template_timeout_s, settings.template_max_chars):
+        # A few rows at a time: what is held at once stays small however large each row's rendering.
+        # The first alone, so a template slow enough to spend the budget still gives an estimate.
+        size = 1
+        while chunk := list(islice(sampled, size)):
+            size = SAMPLE_CHUNK_ROWS
+            canonical = [task.row(record, planned.mapping, plan) for _, record in chunk]
+            batch = {key: [row[key] for row in canonical] for key in canonical[0]}
+            batch["line"] = [line for line, _ in chunk]  # so a row the template fails on can be named
+            try:
+                encoded = task.tokenize(batch, tokenizer, plan, int(hp["max_seq_length"]))
+            except TemplateLimitError as exc:
+                if exc.limit in ("total_time", "total_output") and done:
+                    break  # estimated from the rows done within the budget
+                raise _template_problem(exc) from None
+            except TemplateError as exc:
+                raise _template_problem(exc) from None
+            done += len(chunk)
+            examples += len(encoded["input_ids"])
+            tokens += sum(len(ids) for ids in encoded["input_ids"])
+    if not done:
         return 0.0, 0.0
-    batch = {key: [row[key] for row in rows] for key in rows[0]}
-    encoded = task.tokenize(batch, tokenizer, plan, int(hp["max_seq_length"]))
-    return len(encoded["input_ids"]) / len(rows), sum(len(ids) for ids in encoded["input_ids"]) / len(rows)
+    return examples / done, tokens / done
+
+
+def _template_problem(exc: TemplateError) -> ApiError:
+    where = f"Line {exc.line} of training_file" if exc.line is not None else "A row of training_file"
+    if isinstance(exc, TemplateLimitError):
+        return bad_request(f"{where}: {exc.message}", "chat_template", code="chat_template_limit")
+    # The template refused the conversation itself (raise_exception: roles that do not alternate…).
+    return bad_request(f"{where}: the chat template does not render it: {exc.message}", "training_file",
+                       code="chat_template_error")
 
 
 def measured_rates(session: Session, project_id: str) -> dict[str, float]:

@@ -15,6 +15,7 @@ from app.db.engine import session_scope
 from app.db.models import Job, JobEvent
 from app.db.transitions import TERMINAL
 from app.schemas.jobs import EventObject
+from app.services.quotas import StreamSlot
 
 
 def _fetch(job_id: str, after_seq: int, limit: int = 500) -> tuple[list[dict], str]:
@@ -25,16 +26,23 @@ def _fetch(job_id: str, after_seq: int, limit: int = 500) -> tuple[list[dict], s
         return [EventObject.model_validate(e, from_attributes=True).model_dump() for e in events], status
 
 
-async def follow(job_id: str, after_seq: int, poll_s: float = 0.5) -> AsyncIterator[dict]:
+async def follow(job_id: str, after_seq: int, slot: StreamSlot | None = None,
+                 poll_s: float = 0.5) -> AsyncIterator[dict]:
+    """The job's events after ``after_seq``, then new ones as they come; ``slot`` (the project's open-stream
+    quota) is given back when the stream ends, however it ends."""
     last = after_seq
-    while True:
-        events, status = await run_in_threadpool(_fetch, job_id, last)
-        for event in events:
-            last = event["seq"]
-            yield {"id": str(event["seq"]), "data": json.dumps(event)}
-            if (event.get("data") or {}).get("status") in TERMINAL:
-                return  # the terminal event is the last one a job writes
-        if not events and status in TERMINAL:
-            return  # joined after the end and everything was replayed
-        if not events:
-            await asyncio.sleep(poll_s)
+    try:
+        while True:
+            events, status = await run_in_threadpool(_fetch, job_id, last)
+            for event in events:
+                last = event["seq"]
+                yield {"id": str(event["seq"]), "data": json.dumps(event)}
+                if (event.get("data") or {}).get("status") in TERMINAL:
+                    return  # the terminal event is the last one a job writes
+            if not events and status in TERMINAL:
+                return  # joined after the end and everything was replayed
+            if not events:
+                await asyncio.sleep(poll_s)
+    finally:
+        if slot is not None:
+            slot.release()

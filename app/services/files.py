@@ -9,18 +9,25 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from app.data.scan import FORMATS, iter_records, scan_file
-from app.db.models import File, Job, Project
+from app.config import get_settings
+from app.data.scan import FORMATS, ScanLimits, iter_records, scan_file
+from app.db.models import File, Job
 from app.db.transitions import TERMINAL
 from app.errors import ApiError, not_found
 from app.ids import new_id
 from app.ml.tasks import detect_task
+from app.services.keys import ProjectRef
 from app.storage import LocalStorage, TooLarge
 
 PURPOSES = ("fine-tune",)
+# A preview shows what a file holds, not all of it: a response stays small whatever the cells are.
+PREVIEW_MAX_CHARS = 2_000
+PREVIEW_MAX_ITEMS = 50
+PREVIEW_MAX_TOTAL = 1_000_000  # characters and items in all rows shown; past it, no further row is added
 
-async def ingest(session: Session, storage: LocalStorage, project: Project, upload: BinaryIO, filename: str,
-                 purpose: str, max_bytes: int) -> File:
+
+async def ingest(session: Session, storage: LocalStorage, project: ProjectRef, upload: BinaryIO, filename: str,
+                 purpose: str, max_bytes: int, limits: ScanLimits | None = None) -> File:
     if purpose not in PURPOSES:
         raise ApiError(400, f"purpose must be one of: {', '.join(PURPOSES)}.", param="purpose")
     file_id = new_id("file")  # time-ordered: lists page by id
@@ -32,7 +39,8 @@ async def ingest(session: Session, storage: LocalStorage, project: Project, uplo
                             "Split it or ask the operator to raise the limit.", param="file", code="file_too_large")
     try:
         # Scanning reads the whole file: off the event loop, so other requests are served meanwhile.
-        scan = await run_in_threadpool(scan_file, storage.local_path(key), filename)
+        scan = await run_in_threadpool(scan_file, storage.local_path(key), filename,
+                                       limits or ScanLimits.from_settings(get_settings()))
         detected = detect_task(scan.profile()) if not scan.errors else None
         if detected is None and not scan.errors:
             scan.warn("No task could be detected from the columns; give 'task' and 'column_mapping' when "
@@ -60,14 +68,14 @@ def _warn_missing(scan, mapping: dict[str, str]) -> None:
             scan.warn(f"Missing value in the {role} column '{column}'.", line=line, column=column)
 
 
-def get_file(session: Session, project: Project, file_id: str, param: str | None = None) -> File:
+def get_file(session: Session, project: ProjectRef, file_id: str, param: str | None = None) -> File:
     record = session.get(File, file_id)
     if record is None or record.project_id != project.id:
         raise not_found("file", file_id, param)
     return record
 
 
-def list_files(session: Session, project: Project, after: str | None, limit: int, purpose: str | None) -> list[File]:
+def list_files(session: Session, project: ProjectRef, after: str | None, limit: int, purpose: str | None) -> list[File]:
     query = select(File).where(File.project_id == project.id)
     if purpose:
         query = query.where(File.purpose == purpose)
@@ -77,7 +85,7 @@ def list_files(session: Session, project: Project, after: str | None, limit: int
     return list(session.scalars(query.order_by(File.id.desc()).limit(limit + 1)))
 
 
-def delete_file(session: Session, storage: LocalStorage, project: Project, file_id: str) -> None:
+def delete_file(session: Session, storage: LocalStorage, project: ProjectRef, file_id: str) -> None:
     record = get_file(session, project, file_id)
     in_use = session.scalar(select(Job.id).where(
         or_(Job.training_file == file_id, Job.validation_file == file_id), Job.status.not_in(TERMINAL)).limit(1))
@@ -89,7 +97,37 @@ def delete_file(session: Session, storage: LocalStorage, project: Project, file_
     storage.delete(record.storage_key)
 
 
-def preview(storage: LocalStorage, record: File, limit: int) -> list[dict[str, Any]]:
+def preview(storage: LocalStorage, record: File, limit: int, limits: ScanLimits | None = None) -> list[dict[str, Any]]:
     if record.format not in FORMATS:
         return []
-    return list(itertools.islice(iter_records(storage.local_path(record.storage_key), record.format), limit))
+    rows = iter_records(storage.local_path(record.storage_key), record.format, limits or ScanLimits.from_settings(get_settings()))
+    shown: list[dict[str, Any]] = []
+    size = [0]  # characters and items shown so far
+    for row in itertools.islice(rows, limit):
+        shown.append({name: clip_for_preview(value, size) for name, value in row.items()})
+        if size[0] > PREVIEW_MAX_TOTAL:
+            break  # fewer rows rather than a response of megabytes
+    return shown
+
+
+def clip_for_preview(value: Any, size: list[int]) -> Any:
+    """A value as a preview shows it: long text cut to PREVIEW_MAX_CHARS with "…", long lists and
+    objects to PREVIEW_MAX_ITEMS with a "…" entry; size[0] counts what is shown. Recursion is safe:
+    the scan bounded the nesting."""
+    if isinstance(value, str):
+        clipped = value if len(value) <= PREVIEW_MAX_CHARS else value[:PREVIEW_MAX_CHARS] + "…"
+        size[0] += len(clipped)
+        return clipped
+    size[0] += 1
+    if isinstance(value, bytes):  # Parquet binary: not text, and not JSON either
+        return f"<{len(value):,} bytes>"
+    if isinstance(value, (list, tuple)):
+        items = [clip_for_preview(item, size) for item in value[:PREVIEW_MAX_ITEMS]]
+        return items + ["…"] if len(value) > PREVIEW_MAX_ITEMS else items
+    if isinstance(value, dict):
+        clipped = {key: clip_for_preview(item, size)
+                   for key, item in itertools.islice(value.items(), PREVIEW_MAX_ITEMS)}
+        if len(value) > PREVIEW_MAX_ITEMS:
+            clipped["…"] = f"{len(value) - PREVIEW_MAX_ITEMS} more"
+        return clipped
+    return value

@@ -11,14 +11,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.data.scan import iter_numbered_records
+from app.data.scan import ScanLimits, iter_numbered_records
 from app.db import transitions as st
 from app.db.events import append_event
-from app.db.models import Checkpoint, File, Job, JobEvent, Project, now
+from app.db.models import Checkpoint, File, Job, JobEvent, now
+from app.services.keys import ProjectRef
 from app.services.lifecycle import transition
+from app.services.quotas import check_active_jobs
 from app.errors import ApiError, bad_request, not_found
 from app.ids import new_id
 from app.ml import hyperparams
@@ -31,7 +34,7 @@ from app.storage import get_storage
 log = logging.getLogger(__name__)
 
 
-def _usable_file(session: Session, project: Project, file_id: str, param: str) -> File:
+def _usable_file(session: Session, project: ProjectRef, file_id: str, param: str) -> File:
     record = session.get(File, file_id)
     if record is None or record.project_id != project.id:
         raise bad_request(f"No file with id '{file_id}'. Upload it with POST /v1/files first.", param,
@@ -83,7 +86,7 @@ class PlannedJob:
     base: Any
 
 
-def plan_job(session: Session, settings: Settings, project: Project, body: JobCreate) -> PlannedJob:
+def plan_job(session: Session, settings: Settings, project: ProjectRef, body: JobCreate) -> PlannedJob:
     """Every check a job request goes through before it may exist; raises a 400 naming the field."""
     method = body.method or _legacy_method(body)
     if method.type != "supervised":
@@ -115,7 +118,8 @@ def plan_job(session: Session, settings: Settings, project: Project, body: JobCr
         storage = get_storage()
         for record, param in ((train, "training_file"), (valid, "validation_file")):
             if record is not None:
-                task.check_rows(iter_numbered_records(storage.local_path(record.storage_key), record.format),
+                task.check_rows(iter_numbered_records(storage.local_path(record.storage_key), record.format,
+                                                      ScanLimits.from_settings(settings)),
                                 mapping, param)
     except FieldProblem as problem:
         raise bad_request(problem.message, problem.param) from None
@@ -131,18 +135,15 @@ def plan_job(session: Session, settings: Settings, project: Project, body: JobCr
     return PlannedJob(body, task, mapping, plan, resolved, train, valid, base)
 
 
-def create_job(session: Session, settings: Settings, project: Project, body: JobCreate,
+def create_job(session: Session, settings: Settings, project: ProjectRef, body: JobCreate,
                idempotency_key: str | None = None) -> tuple[Job, bool]:
     """Returns (job, created). With an Idempotency-Key already used for the same body, the first job."""
     request_hash = _request_hash(body)
     if idempotency_key:
-        existing = session.scalar(select(Job).where(Job.project_id == project.id,
-                                                    Job.idempotency_key == idempotency_key))
+        existing = _job_with_key(session, project, idempotency_key, request_hash)
         if existing is not None:
-            if existing.request_hash != request_hash:
-                raise ApiError(409, "This Idempotency-Key was already used with a different request body.",
-                               param="Idempotency-Key", code="idempotency_key_reused")
             return existing, False
+    check_active_jobs(session, project)  # before the work of checking the files
 
     planned = plan_job(session, settings, project, body)
     body, train, valid, task_name = planned.body, planned.train, planned.valid, planned.task.name
@@ -153,14 +154,31 @@ def create_job(session: Session, settings: Settings, project: Project, body: Job
         seed=body.seed if body.seed is not None else random.randint(0, 2**31 - 1), metadata_=body.metadata,
         method=supervised_method(resolved), hyperparameters=resolved,
         column_mapping=mapping, training_plan=plan, status=st.QUEUED, attempt=0, created_at=now(), enqueued_at=now(),
-        idempotency_key=idempotency_key, request_hash=request_hash,
+        idempotency_key=idempotency_key, request_hash=request_hash, devices=int(resolved.get("devices") or 1),
     )
     session.add(job)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError:
+        # A concurrent request with the same Idempotency-Key inserted first: answer with its job.
+        session.rollback()
+        existing = _job_with_key(session, project, idempotency_key, request_hash) if idempotency_key else None
+        if existing is None:
+            raise
+        return existing, False
     append_event(session, job.id, f"Validated training file: {train.rows} rows, task {task_name}, columns "
                                   f"{json.dumps(mapping)}.", data={"rows": train.rows})
     append_event(session, job.id, "Job queued.", data={"status": st.QUEUED})
     return job, True
+
+
+def _job_with_key(session: Session, project: ProjectRef, idempotency_key: str, request_hash: str) -> Job | None:
+    """The job an earlier request with this Idempotency-Key created (409 if its body differed)."""
+    existing = session.scalar(select(Job).where(Job.project_id == project.id, Job.idempotency_key == idempotency_key))
+    if existing is not None and existing.request_hash != request_hash:
+        raise ApiError(409, "This Idempotency-Key was already used with a different request body.",
+                       param="Idempotency-Key", code="idempotency_key_reused")
+    return existing
 
 
 def _legacy_method(body: JobCreate):
@@ -195,14 +213,14 @@ def get_task_or_400(name: str):
         raise bad_request(problem.message, problem.param) from None
 
 
-def get_job(session: Session, project: Project, job_id: str) -> Job:
+def get_job(session: Session, project: ProjectRef, job_id: str) -> Job:
     job = session.get(Job, job_id)
     if job is None or job.project_id != project.id:
         raise not_found("fine-tuning job", job_id, "fine_tuning_job_id")
     return job
 
 
-def list_jobs(session: Session, project: Project, after: str | None, limit: int, status: str | None,
+def list_jobs(session: Session, project: ProjectRef, after: str | None, limit: int, status: str | None,
               metadata: dict[str, str]) -> list[Job]:
     query = select(Job).where(Job.project_id == project.id)
     if status:
@@ -215,7 +233,7 @@ def list_jobs(session: Session, project: Project, after: str | None, limit: int,
     return list(session.scalars(query.order_by(Job.id.desc()).limit(limit + 1)))
 
 
-def cancel_job(session: Session, project: Project, job_id: str) -> Job:
+def cancel_job(session: Session, project: ProjectRef, job_id: str) -> Job:
     job = get_job(session, project, job_id)
     if job.status in st.TERMINAL:
         raise ApiError(409, f"Job {job_id} has already {job.status}; there is nothing to cancel.",
@@ -224,7 +242,7 @@ def cancel_job(session: Session, project: Project, job_id: str) -> Job:
                  "cancel_requested", "Cancellation requested; the worker will stop at the next step.")
 
 
-def pause_job(session: Session, project: Project, job_id: str) -> Job:
+def pause_job(session: Session, project: ProjectRef, job_id: str) -> Job:
     job = get_job(session, project, job_id)
     if job.status not in (st.QUEUED, st.RUNNING):
         raise ApiError(409, f"Job {job_id} is {job.status}; only queued or running jobs can be paused.",
@@ -245,7 +263,7 @@ def _stop(session: Session, job: Job, to: str, idle: str | frozenset[str], idle_
     return job
 
 
-def resume_job(session: Session, project: Project, job_id: str) -> Job:
+def resume_job(session: Session, project: ProjectRef, job_id: str) -> Job:
     job = get_job(session, project, job_id)
     if not transition(session, job_id, st.PAUSED, st.QUEUED, "Job resumed; it continues from its last checkpoint.",
                       enqueued_at=now(), pause_requested=False):

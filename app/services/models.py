@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.db.models import Checkpoint, FineTunedModel, Job, Project
+from app.db.models import Checkpoint, FineTunedModel, Job
 from app.errors import ApiError, bad_request, not_found
-from app.ml.artifacts import write_archive
 from app.ml.base_models import list_base_models
+from app.services.keys import ProjectRef
 
 
 def base_model_object(model) -> dict[str, Any]:
@@ -29,19 +26,19 @@ def fine_tuned_object(model: FineTunedModel) -> dict[str, Any]:
             "bytes": model.bytes}
 
 
-def list_models(session: Session, settings: Settings, project: Project) -> list[dict[str, Any]]:
+def list_models(session: Session, settings: Settings, project: ProjectRef) -> list[dict[str, Any]]:
     base = [base_model_object(m) for m in list_base_models(settings).values()]
     tuned = session.scalars(select(FineTunedModel).where(FineTunedModel.project_id == project.id)
                             .order_by(FineTunedModel.created_at.desc()))
     return base + [fine_tuned_object(m) for m in tuned]
 
 
-def get_fine_tuned(session: Session, project: Project, model_id: str) -> FineTunedModel | None:
+def get_fine_tuned(session: Session, project: ProjectRef, model_id: str) -> FineTunedModel | None:
     model = session.get(FineTunedModel, model_id)
     return model if model is not None and model.project_id == project.id else None
 
 
-def get_model(session: Session, settings: Settings, project: Project, model_id: str) -> dict[str, Any]:
+def get_model(session: Session, settings: Settings, project: ProjectRef, model_id: str) -> dict[str, Any]:
     tuned = get_fine_tuned(session, project, model_id)
     if tuned:
         return fine_tuned_object(tuned)
@@ -61,7 +58,7 @@ class Servable:
     base_model: str
 
 
-def require_fine_tuned(session: Session, settings: Settings, project: Project, model_id: str) -> Servable:
+def require_fine_tuned(session: Session, settings: Settings, project: ProjectRef, model_id: str) -> Servable:
     tuned = get_fine_tuned(session, project, model_id)
     if tuned is not None:
         return Servable(tuned.id, tuned.task, tuned.storage_key, tuned.base_model)
@@ -76,27 +73,26 @@ def require_fine_tuned(session: Session, settings: Settings, project: Project, m
     raise not_found("model", model_id, "model")
 
 
-def delete_model(session: Session, settings: Settings, project: Project, model_id: str) -> FineTunedModel:
+def delete_model(session: Session, settings: Settings, project: ProjectRef, model_id: str) -> list[Servable]:
+    """Deletes a fine-tuned model and its job's checkpoints (each one was servable and downloadable on
+    its own). Returns what was deleted, for the caller to unload and remove from storage once the
+    deletion has committed."""
     tuned = get_fine_tuned(session, project, model_id)
     if tuned is None:
         if model_id in list_base_models(settings):
             raise ApiError(400, "Base models cannot be deleted through the API; remove their folder instead.",
                            param="model", code="model_not_deletable")
         raise not_found("model", model_id, "model")
+    deleted = [Servable(tuned.id, tuned.task, tuned.storage_key, tuned.base_model)]
+    for checkpoint in session.scalars(select(Checkpoint).where(Checkpoint.job_id == tuned.job_id)):
+        deleted.append(Servable(checkpoint.model_id, tuned.task, checkpoint.storage_key, tuned.base_model))
+        session.delete(checkpoint)
     session.delete(tuned)
     session.flush()
-    return tuned
+    return deleted
 
 
 def base_model_path(settings: Settings, servable: Servable):
     """Where this deployment keeps the servable's base model (adapters are loaded onto it)."""
     base = list_base_models(settings, max_age_s=30).get(servable.base_model)
     return base.path if base is not None else None
-
-
-def archive(folder: Path) -> Path:
-    """A temporary .tar.gz of a stored model folder; the caller deletes it once sent."""
-    handle, name = tempfile.mkstemp(suffix=".tar.gz")
-    os.close(handle)
-    write_archive(folder, Path(name))
-    return Path(name)

@@ -1,11 +1,11 @@
-"""Webhooks: a project's endpoints, the outbox, and the dispatcher that empties it.
+"""Webhooks: a project's endpoints, the outbox, and message signing.
 
+* :func:`create_endpoint` registers a receiver: an http(s) URL whose host is not on the operator's own
+  network (see :mod:`app.services.outbound`), at most ``FT_QUOTA_WEBHOOK_ENDPOINTS`` per project.
 * :func:`record_job_event` writes one ``WebhookDelivery`` row per subscribed endpoint in the *caller's*
   transaction, so a job's terminal state and its notifications commit (or roll back) together. It never
   touches the network.
-* :func:`deliver_due` does one delivery pass: each due row is claimed with a conditional UPDATE (two API
-  replicas never send one message twice), POSTed without holding a session, and its outcome recorded.
-* :class:`WebhookDispatcher` runs :func:`deliver_due` in a daemon thread every ``FT_WEBHOOK_POLL_S``.
+* Delivery — the dispatcher that empties the outbox — is :mod:`app.services.webhook_delivery`.
 
 Messages are signed as Standard Webhooks specifies: headers ``webhook-id``, ``webhook-timestamp`` and
 ``webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`` keyed with the base64-decoded
@@ -17,23 +17,21 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import logging
 import secrets
-import threading
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from app.config import Settings, get_settings
-from app.db.engine import session_scope
 from app.db.models import Job, Project, WebhookDelivery, WebhookEndpoint
-from app.errors import bad_request, not_found
+from app.errors import bad_request, not_found, over_quota
 from app.ids import new_id
+from app.services import outbound, quotas
+from app.services.keys import ProjectRef
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +39,8 @@ EVENT_TYPES: tuple[str, ...] = ("fine_tuning.job.succeeded", "fine_tuning.job.fa
 _TERMINAL = ("succeeded", "failed", "cancelled")
 
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
-# A claimed delivery is invisible to other dispatchers this long; far above the HTTP timeout, so it only
-# matters when a dispatcher dies mid-send (the message is then retried: at-least-once delivery).
-CLAIM_S = 60.0
-HTTP_TIMEOUT_S = 10.0
 MAX_BACKOFF_S = 3600.0
-_BATCH = 100
+MAX_URL_CHARS = 2000
 
 
 def _prefixed_id(prefix: str) -> str:
@@ -74,20 +68,29 @@ def backoff_s(attempts: int, base: float) -> float:
 
 # --- endpoints (the API's verbs) -----------------------------------------------------------------------
 
-def _check_url(url: str) -> str:
+def _check_url(url: str, settings: Settings) -> str:
+    """The URL to store, or a 400 naming ``url`` and saying what to change."""
     url = url.strip()
+    if len(url) > MAX_URL_CHARS:  # before parsing or resolving it
+        raise bad_request(f"The webhook URL is longer than {MAX_URL_CHARS} characters.", param="url",
+                          code="invalid_url")
+    # Parsed as httpx parses it when delivering, so the host checked here is the host delivery resolves.
     try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError:
-        host = None
-        parts = None
-    if parts is None or parts.scheme not in ("http", "https") or not host:
-        raise bad_request(f"'{url}' is not a usable webhook URL: give an absolute http:// or https:// URL "
-                          "with a host, e.g. https://example.com/hooks/finetune.", param="url", code="invalid_url")
-    if len(url) > 2000:
-        raise bad_request("The webhook URL is longer than 2000 characters.", param="url", code="invalid_url")
+        parsed, problem = httpx.URL(url), ""
+    except (httpx.InvalidURL, ValueError) as exc:
+        parsed, problem = None, f" ({outbound.printable(str(exc), 200)})"
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+        raise bad_request(f"'{outbound.printable(url, 200)}' is not a usable webhook URL{problem}: give an absolute "
+                          "http:// or https:// URL with a host, e.g. https://example.com/hooks/finetune.",
+                          param="url", code="invalid_url")
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    if not 1 <= port <= 65535:
+        raise bad_request(f"The webhook URL's port {port} is out of range: give a port from 1 to 65535.",
+                          param="url", code="invalid_url")
+    allowed = outbound.allowed_networks(tuple(settings.webhook_allowed_networks))
+    refusal = outbound.registration_refusal(parsed.raw_host.decode("ascii"), port, allowed)
+    if refusal:
+        raise bad_request(f"The webhook URL cannot be used: {refusal}", param="url", code="invalid_url")
     return url
 
 
@@ -104,33 +107,51 @@ def _check_events(events: list[str] | None) -> list[str]:
     return list(dict.fromkeys(events))
 
 
-def create_endpoint(session: Session, project: Project, url: str, events: list[str] | None = None,
+def _enforce_endpoint_quota(session: Session, project: ProjectRef, settings: Settings, *, with_new: bool) -> None:
+    allowed = quotas.limit(project, "webhook_endpoints", settings)
+    count = session.scalar(select(func.count(WebhookEndpoint.id)).where(WebhookEndpoint.project_id == project.id))
+    existing = count - 1 if with_new else count
+    if existing >= allowed:
+        raise over_quota(f"This project has {existing} webhook endpoints, its limit of {allowed:g}. Delete one it "
+                         f"no longer needs (DELETE /v1/webhooks/{{id}}) before adding another. {quotas.HOW_TO_RAISE}",
+                         "url")
+
+
+def create_endpoint(session: Session, project: ProjectRef, url: str, events: list[str] | None = None,
                     description: str | None = None) -> WebhookEndpoint:
+    settings = get_settings()
     description = description or ""
     if len(description) > 500:
         raise bad_request("'description' is longer than 500 characters.", param="description")
-    endpoint = WebhookEndpoint(id=_prefixed_id("whep"), project_id=project.id, url=_check_url(url),
-                               secret=new_secret(), events=_check_events(events), description=description)
+    # Every job event fans out to each endpoint, so a project's endpoints are bounded. Checked first, before
+    # the URL check resolves the host, and again once the row is written: the project row is locked
+    # (PostgreSQL) and SQLite serialises writers, so two registrations at once cannot both slip under the cap.
+    _enforce_endpoint_quota(session, project, settings, with_new=False)
+    url, events = _check_url(url, settings), _check_events(events)  # no lock is held while resolving
+    session.execute(select(Project.id).where(Project.id == project.id).with_for_update())
+    endpoint = WebhookEndpoint(id=_prefixed_id("whep"), project_id=project.id, url=url, secret=new_secret(),
+                               events=events, description=description)
     session.add(endpoint)
     session.flush()
+    _enforce_endpoint_quota(session, project, settings, with_new=True)
     return endpoint
 
 
-def get_endpoint(session: Session, project: Project, endpoint_id: str, param: str | None = None) -> WebhookEndpoint:
+def get_endpoint(session: Session, project: ProjectRef, endpoint_id: str, param: str | None = None) -> WebhookEndpoint:
     endpoint = session.get(WebhookEndpoint, endpoint_id)
     if endpoint is None or endpoint.project_id != project.id:
         raise not_found("webhook_endpoint", endpoint_id, param)
     return endpoint
 
 
-def list_endpoints(session: Session, project: Project, after: str | None, limit: int) -> list[WebhookEndpoint]:
+def list_endpoints(session: Session, project: ProjectRef, after: str | None, limit: int) -> list[WebhookEndpoint]:
     query = select(WebhookEndpoint).where(WebhookEndpoint.project_id == project.id)
     if after:
         query = query.where(WebhookEndpoint.id < get_endpoint(session, project, after, "after").id)
     return list(session.scalars(query.order_by(WebhookEndpoint.id.desc()).limit(limit + 1)))
 
 
-def delete_endpoint(session: Session, project: Project, endpoint_id: str) -> None:
+def delete_endpoint(session: Session, project: ProjectRef, endpoint_id: str) -> None:
     endpoint = get_endpoint(session, project, endpoint_id)
     # The foreign key cascades too; deleting explicitly does not depend on the database enforcing it.
     session.execute(delete(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint.id)
@@ -166,140 +187,3 @@ def record_job_event(session: Session, job: Job) -> None:
                                     status=PENDING, attempts=0, next_attempt_at=time.time(),
                                     created_at=created_at))
     session.flush()
-
-
-# --- delivery ------------------------------------------------------------------------------------------
-
-def _claim(delivery_id: str, now: float) -> tuple[str, str, dict[str, Any], int] | None:
-    """Take one due delivery for this dispatcher; None when another one got it first (or it is not due)."""
-    with session_scope() as session:
-        claimed = session.execute(
-            update(WebhookDelivery)
-            .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == PENDING,
-                   WebhookDelivery.next_attempt_at <= now)
-            .values(next_attempt_at=now + CLAIM_S)
-            .execution_options(synchronize_session=False)
-        ).rowcount == 1
-        if not claimed:
-            return None
-        row = session.execute(
-            select(WebhookEndpoint.url, WebhookEndpoint.secret, WebhookDelivery.payload, WebhookDelivery.attempts)
-            .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
-            .where(WebhookDelivery.id == delivery_id)
-        ).one_or_none()
-        return tuple(row) if row else None  # type: ignore[return-value]
-
-
-def _send(client: httpx.Client, url: str, secret: str, msg_id: str, payload: dict[str, Any]) -> str | None:
-    """POST one message; None on a 2xx answer, else why it failed."""
-    body = json.dumps(payload, separators=(",", ":")).encode()
-    timestamp = int(time.time())
-    headers = {"content-type": "application/json", "webhook-id": msg_id, "webhook-timestamp": str(timestamp),
-               "webhook-signature": sign(secret, msg_id, timestamp, body)}
-    try:
-        with client.stream("POST", url, content=body, headers=headers) as response:
-            if 200 <= response.status_code < 300:
-                return None
-            snippet = b""
-            for chunk in response.iter_bytes():
-                snippet += chunk
-                if len(snippet) >= 200:
-                    break
-            text = snippet[:200].decode(errors="replace").strip()
-            return f"HTTP {response.status_code}" + (f": {text}" if text else "")
-    except httpx.HTTPError as exc:
-        return f"{type(exc).__name__}: {exc}"[:1000] or type(exc).__name__
-
-
-def _record(delivery_id: str, attempts: int, error: str | None, now: float, settings: Settings) -> None:
-    attempts += 1
-    if error is None:
-        values: dict[str, Any] = {"status": DELIVERED, "attempts": attempts, "delivered_at": int(time.time()),
-                                  "last_error": None}
-    elif attempts >= settings.webhook_max_attempts:
-        values = {"status": FAILED, "attempts": attempts, "last_error": error}
-    else:
-        values = {"attempts": attempts, "last_error": error,
-                  "next_attempt_at": now + backoff_s(attempts, settings.webhook_backoff_s)}
-    with session_scope() as session:
-        session.execute(update(WebhookDelivery)
-                        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == PENDING)
-                        .values(**values).execution_options(synchronize_session=False))
-    if error is None:
-        log.info("webhook %s delivered (attempt %d)", delivery_id, attempts)
-    else:
-        log.warning("webhook %s attempt %d failed: %s%s", delivery_id, attempts, error,
-                    " (giving up)" if values.get("status") == FAILED else "")
-
-
-def deliver_due(now: float | None = None, *, settings: Settings | None = None,
-                stop: threading.Event | None = None) -> int:
-    """One pass over the outbox: send every pending delivery due at ``now`` (default: the clock).
-
-    Returns how many were attempted (claimed and POSTed) by this call. Errors of one delivery are logged
-    and do not stop the others."""
-    settings = settings or get_settings()
-    now = time.time() if now is None else now
-    with session_scope() as session:
-        due = list(session.scalars(
-            select(WebhookDelivery.id)
-            .where(WebhookDelivery.status == PENDING, WebhookDelivery.next_attempt_at <= now)
-            .order_by(WebhookDelivery.next_attempt_at).limit(_BATCH)))
-    if not due:
-        # An HTTP client loads its TLS context (~30 ms of CPU): once a second, in every API replica, that
-        # was the idle service's largest cost, taken from training jobs sharing the machine.
-        return 0
-    attempted = 0
-    with httpx.Client(timeout=HTTP_TIMEOUT_S, follow_redirects=False) as client:
-        for delivery_id in due:
-            if stop is not None and stop.is_set():
-                break
-            try:
-                claimed = _claim(delivery_id, now)
-                if claimed is None:
-                    continue
-                url, secret, payload, attempts = claimed
-                error = _send(client, url, secret, delivery_id, payload)
-                _record(delivery_id, attempts, error, now, settings)
-                attempted += 1
-            except Exception:  # a bad row must not block the rest; a claimed one is retried after CLAIM_S
-                log.exception("webhook delivery %s failed unexpectedly", delivery_id)
-    return attempted
-
-
-class WebhookDispatcher:
-    """Delivers the outbox from a daemon thread. Safe to run in every API replica."""
-
-    def __init__(self, settings: Settings | None = None, poll_s: float | None = None):
-        self._settings = settings
-        self._poll_s = poll_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def start(self) -> None:
-        if self.alive:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="webhook-dispatcher", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = HTTP_TIMEOUT_S + 5) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            settings = self._settings or get_settings()
-            busy = False
-            try:
-                busy = deliver_due(settings=settings, stop=self._stop) >= _BATCH
-            except Exception:  # e.g. the database is briefly unreachable: log, wait, try again
-                log.exception("webhook dispatcher pass failed")
-            if not busy:
-                self._stop.wait(self._poll_s if self._poll_s is not None else settings.webhook_poll_s)

@@ -159,12 +159,27 @@ class LiveStack:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-20_000:]
 
+    def cli(self, *args: str) -> str:
+        """Runs an operator command (`finetune …`) against this stack's database; returns what it printed."""
+        done = subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=REPO, env=self.env, capture_output=True,
+                              text=True, timeout=120)
+        if done.returncode != 0:
+            raise RuntimeError(f"finetune {' '.join(args)} failed ({done.returncode}):\n{done.stderr}")
+        return done.stdout
+
+    def api_rss(self) -> int:
+        """Resident memory of the API process (`finetune serve` runs uvicorn in its own process), in bytes."""
+        import psutil
+
+        return psutil.Process(self.process.pid).memory_info().rss
+
     def client(self, key: str | None = None) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key or self.key}"}, timeout=120)
 
-    def wait_for_job(self, job_id: str, timeout: float = 300, until=lambda job: job["status"] in TERMINAL) -> dict:
+    def wait_for_job(self, job_id: str, timeout: float = 300, until=lambda job: job["status"] in TERMINAL,
+                     key: str | None = None) -> dict:
         deadline = time.monotonic() + timeout
-        with self.client() as c:
+        with self.client(key) as c:
             while time.monotonic() < deadline:
                 job = c.get(f"/v1/fine_tuning/jobs/{job_id}").json()
                 if until(job):
@@ -172,7 +187,7 @@ class LiveStack:
                 time.sleep(0.2)
         raise AssertionError(f"job {job_id} did not reach the state in {timeout}s; last {job}\n{self.log()}")
 
-    def events(self, job_id: str) -> list[dict]:
+    def events(self, job_id: str, key: str | None = None) -> list[dict]:
         """Every event of the job, oldest first."""
-        with self.client() as c:
+        with self.client(key) as c:
             return c.get(f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": 1000}).json()["data"][::-1]

@@ -52,8 +52,9 @@ def build_tiny_bert(path: Path) -> Path:
     return path
 
 
-def build_tiny_gpt2(path: Path) -> Path:
-    """A byte-level BPE tokenizer and a 2-layer GPT-2, without a chat template (jobs pass one)."""
+def build_tiny_gpt2(path: Path, n_positions: int = 256) -> Path:
+    """A byte-level BPE tokenizer and a 2-layer GPT-2, without a chat template (jobs pass one).
+    ``n_positions``: its context, e.g. longer for tests of long generations."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
@@ -65,11 +66,11 @@ def build_tiny_gpt2(path: Path) -> Path:
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(CORPUS * 5, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
-                                   unk_token="<|endoftext|>", model_max_length=256)
+                                   unk_token="<|endoftext|>", model_max_length=n_positions)
     fast.save_pretrained(str(path))
     eos = fast.convert_tokens_to_ids("<|endoftext|>")
-    config = GPT2Config(vocab_size=len(fast), n_embd=32, n_layer=2, n_head=2, n_positions=256, bos_token_id=eos,
-                        eos_token_id=eos)
+    config = GPT2Config(vocab_size=len(fast), n_embd=32, n_layer=2, n_head=2, n_positions=n_positions,
+                        bos_token_id=eos, eos_token_id=eos)
     GPT2LMHeadModel(config).save_pretrained(str(path), safe_serialization=True)
     return path
 

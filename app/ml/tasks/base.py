@@ -135,6 +135,15 @@ class Task(ABC):
         """Metrics computed from the others (perplexity from loss), added to every evaluation."""
         return {}
 
+    # Whether prediction requests need checking against the loaded model before they join a batch.
+    checks_requests: bool = False
+
+    def checked_parameters(self, served, inputs: list[Any], parameters: dict[str, Any]) -> dict[str, Any]:
+        """Checks of a whole prediction request that need the loaded model (text generation: prompts against
+        its context), run before the request joins a batch so that it fails alone, never inside the model's
+        lock. Returns the parameters the batch runs with. Called only when ``checks_requests``."""
+        return parameters
+
     @abstractmethod
     def predict(self, served, inputs: list[Any], parameters: dict[str, Any]) -> list[Any]:
         """Run a loaded model (``served``: model, tokenizer, plan, max_length) on a batch of wire-format

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 
+from app.data.profile import MAX_LABEL_CHARS
 from app.data.scan import value_key
 from app.ml.tasks.base import FieldProblem, dominant_kind, labels_config, require_no_missing
 from app.ml.tasks.sequence import SequenceTask
 
 MAX_CLASSES = 1000
+
+
+def requested_top_k(parameters: dict) -> int | None:
+    """``parameters.top_k``: how many labels to answer, best first (absent, null or 0: all of them).
+    Read before the forward, so a bad value costs nothing."""
+    top_k = parameters.get("top_k")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
+        raise FieldProblem("parameters.top_k", f"top_k must be a whole number of labels (or null for all of them), "
+                                               f"not {str(top_k)[:40]!r}.")
+    return top_k or None
 
 
 def sorted_labels(keys: list[str]) -> list[str]:
@@ -37,7 +48,8 @@ class TextClassification(SequenceTask):
                                                        "use task 'text-regression' to predict a number.")
         if stats["distinct"] is None:
             raise FieldProblem("column_mapping.label", f"Column '{column}' has more than {MAX_CLASSES} distinct "
-                                                       "labels; is it the right column?")
+                                                       f"values, or values longer than {MAX_LABEL_CHARS} characters: "
+                                                       "these are not labels. Is it the right column?")
         labels = sorted_labels(list(stats["distinct"]))
         if len(labels) < 2:
             raise FieldProblem("column_mapping.label", f"Column '{column}' has only one class ({labels[0]!r}); "
@@ -67,8 +79,9 @@ class TextClassification(SequenceTask):
                 "f1_macro": float(f1_score(labels, predicted, average="macro", zero_division=0))}
 
     def predict(self, served, inputs, parameters):
+        top_k = requested_top_k(parameters)
         probabilities = self.forward(served, inputs, parameters).softmax(-1)
-        return self.ranked(probabilities, served.plan["labels"], parameters.get("top_k"))
+        return self.ranked(probabilities, served.plan["labels"], top_k)
 
     @staticmethod
     def ranked(probabilities, id2label, top_k) -> list[list[dict]]:

@@ -3,9 +3,10 @@ per label, so every label is scored on its own; a label is predicted when its sc
 
 from __future__ import annotations
 
+from app.data.profile import MAX_LABEL_CHARS
 from app.data.scan import value_key
 from app.ml.tasks.base import FieldProblem, labels_config
-from app.ml.tasks.classification import MAX_CLASSES, TextClassification, sorted_labels
+from app.ml.tasks.classification import MAX_CLASSES, TextClassification, requested_top_k, sorted_labels
 
 THRESHOLD = 0.5
 
@@ -31,7 +32,8 @@ class MultiLabelClassification(TextClassification):
                                                        f"row{where}, e.g. [\"sports\", \"politics\"] or [].")
         if stats.get("item_distinct") is None:
             raise FieldProblem("column_mapping.label", f"Column '{column}' has more than {MAX_CLASSES} distinct "
-                                                       "labels; is it the right column?")
+                                                       f"values, or values longer than {MAX_LABEL_CHARS} characters: "
+                                                       "these are not labels. Is it the right column?")
         labels = sorted_labels(list(stats["item_distinct"]))
         if len(labels) < 2:
             raise FieldProblem("column_mapping.label", f"Every row of '{column}' uses only the label "
@@ -63,5 +65,6 @@ class MultiLabelClassification(TextClassification):
                 "exact_match": float((predicted == truth).all(axis=1).mean())}
 
     def predict(self, served, inputs, parameters):
+        top_k = requested_top_k(parameters)
         probabilities = self.forward(served, inputs, parameters).sigmoid()
-        return self.ranked(probabilities, served.plan["labels"], parameters.get("top_k"))
+        return self.ranked(probabilities, served.plan["labels"], top_k)

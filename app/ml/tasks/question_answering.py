@@ -19,6 +19,13 @@ QUESTION_NAMES = ("question", "query", "q")
 CONTEXT_NAMES = ("context", "passage", "paragraph", "document", "text")
 ANSWER_NAMES = ("answers", "answer")
 MAX_ANSWER_TOKENS = 30
+# Bounds on the request's options: answers per question (enough to list every candidate, at most the 20
+# likeliest starts × 20 likeliest ends per window), and an answer's length in tokens.
+MAX_TOP_K = 1000
+MAX_ANSWER_LEN = 512
+# A long context becomes many windows; they go through the model this many at a time (memory stays
+# bounded whatever the context's length, and others waiting for the model get turns in between).
+WINDOWS_PER_FORWARD = 64
 
 
 def _answers(value: Any) -> tuple[list[str], list[int]] | None:
@@ -82,6 +89,16 @@ def window_answers(start_logits, end_logits, offsets, n_best: int = 1, max_token
             if context[s] and context[e] and s <= e < s + max_tokens:
                 found.append((float(start_p[s] * end_p[e]), int(offsets[s][0]), int(offsets[e][1])))
     return sorted(found, reverse=True)[:n_best], null
+
+
+def _whole(parameters: dict[str, Any], name: str, default: int, high: int) -> int:
+    value = parameters.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+        raise FieldProblem(f"parameters.{name}",
+                           f"{name} must be a whole number from 1 to {high}, not {str(value)[:40]!r}.")
+    return value
 
 
 def no_answer_wins(spans: list[tuple[float, int, int]], null: float) -> bool:
@@ -231,20 +248,29 @@ class QuestionAnswering(Task):
                 raise FieldProblem("inputs", "Each input must be an object {\"question\": text, \"context\": text}.")
             questions.append(item["question"].strip())
             contexts.append(item["context"])
+        top_k = _whole(parameters, "top_k", 1, MAX_TOP_K)
+        max_tokens = _whole(parameters, "max_answer_len", MAX_ANSWER_TOKENS, MAX_ANSWER_LEN)
+        # transformers' pipeline option: let "no answer" ({"answer": ""}) compete with the spans, for
+        # models trained on unanswerable questions.
+        impossible = parameters.get("handle_impossible_answer", False)
+        if not isinstance(impossible, bool):
+            raise FieldProblem("parameters.handle_impossible_answer", "handle_impossible_answer must be true or false.")
         model, tokenizer, max_length = served.model, served.tokenizer, served.max_length
         encoded = tokenizer(questions, contexts, truncation="only_second", max_length=max_length,
                             stride=max_length // 4, return_overflowing_tokens=True, return_offsets_mapping=True,
                             padding=True, return_tensors="pt")
         samples = encoded.pop("overflow_to_sample_mapping").tolist()
         offsets = encoded.pop("offset_mapping").tolist()
+        start_logits, end_logits = [], []
         with torch.inference_mode():
-            output = model(**{k: v.to(model.device) for k, v in encoded.items()})
-        starts, ends = output.start_logits.float().cpu().numpy(), output.end_logits.float().cpu().numpy()
-        top_k = int(parameters.get("top_k") or 1)
-        max_tokens = int(parameters.get("max_answer_len") or MAX_ANSWER_TOKENS)
-        # transformers' pipeline option: let "no answer" ({"answer": ""}) compete with the spans, for
-        # models trained on unanswerable questions.
-        impossible = bool(parameters.get("handle_impossible_answer", False))
+            for first in range(0, len(samples), WINDOWS_PER_FORWARD):
+                if first:
+                    served.let_others_run()
+                rows = slice(first, first + WINDOWS_PER_FORWARD)
+                output = model(**{k: v[rows].to(model.device) for k, v in encoded.items()})
+                start_logits.append(output.start_logits.float().cpu())
+                end_logits.append(output.end_logits.float().cpu())
+        starts, ends = torch.cat(start_logits).numpy(), torch.cat(end_logits).numpy()
         candidates: list[list[tuple[float, int, int]]] = [[] for _ in inputs]
         nulls = [1.0] * len(inputs)
         for i, sample in enumerate(samples):

@@ -33,6 +33,9 @@ class TextRegression(SequenceTask):
             self.check_inputs(mapping, valid, "validation_file")
             self._numeric(valid, mapping["label"], "validation_file")
         n = stats["non_null"]
+        if stats.get("sum") is None or stats.get("sumsq") is None:
+            raise FieldProblem("column_mapping.label", f"Column '{mapping['label']}' of training_file holds numbers too "
+                                                       "large to scale (their squares pass 1e308); rescale the targets.")
         mean = stats["sum"] / n
         variance = max(stats["sumsq"] / n - mean * mean, 0.0)
         if n < 2 or variance == 0.0:

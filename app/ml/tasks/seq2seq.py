@@ -4,7 +4,6 @@ summarization shape (``[{"summary_text": …}]``)."""
 
 from __future__ import annotations
 
-from app.ml.generation import generation_kwargs
 from app.ml.tasks.base import FieldProblem, Task, dominant_kind, find_column, require_text
 
 SOURCE_NAMES = ("source", "document", "article", "dialogue", "input", "src", "text")
@@ -87,17 +86,13 @@ class Summarization(Task):
         return {key: float(value.mid.fmeasure) for key, value in result.items()}
 
     def predict(self, served, inputs, parameters):
-        import torch
+        from app.ml.generation import generate_text_to_text  # app.ml.generation imports this package
 
         for item in inputs:
             if not isinstance(item, str):
                 raise FieldProblem("inputs", "Each input must be a text string.")
-        model, tokenizer = served.model, served.tokenizer
-        encoded = tokenizer(list(inputs), truncation=True, max_length=served.max_length, padding=True,
-                            return_tensors="pt")
+        encoded = served.tokenizer(list(inputs), truncation=True, max_length=served.max_length, padding=True,
+                                   return_tensors="pt")
         # Predictions generate up to the longest target seen in training, unless asked otherwise.
         default = int(served.plan.get("max_target_length", 128))
-        with torch.inference_mode():
-            generated = model.generate(**{k: v.to(model.device) for k, v in encoded.items()},
-                                       **generation_kwargs(parameters, default))
-        return [{"summary_text": text} for text in tokenizer.batch_decode(generated, skip_special_tokens=True)]
+        return [{"summary_text": text} for text in generate_text_to_text(served, encoded, parameters, default)]

@@ -64,8 +64,13 @@ class SequenceTask(Task):
 
         model, tokenizer = served.model, served.tokenizer
         texts, pairs = zip(*(self.text_input(item) for item in inputs))
-        encoded = tokenizer(list(texts), list(pairs) if any(p is not None for p in pairs) else None,
-                            truncation=True, max_length=served.max_length, padding=True, return_tensors="pt")
+        paired = [p is not None for p in pairs]
+        if all(paired) or not any(paired):
+            encoded = tokenizer(list(texts), list(pairs) if any(paired) else None, truncation=True,
+                                max_length=served.max_length, padding=True, return_tensors="pt")
+        else:  # single texts and pairs mixed: one tokenizer call takes one or the other, so encode each alone
+            rows = [tokenizer(t, p, truncation=True, max_length=served.max_length) for t, p in zip(texts, pairs)]
+            encoded = tokenizer.pad(rows, return_tensors="pt")
         encoded = {k: v.to(model.device) for k, v in encoded.items()}
         with torch.inference_mode():
             return model(**encoded).logits.float().cpu()

@@ -6,7 +6,12 @@ prompts. Evaluated by loss and perplexity; served as HF text-generation and Open
 from __future__ import annotations
 
 import math
+import threading
+import weakref
+from itertools import islice
 
+from app.config import get_settings
+from app.ml.chat_templates import TemplateError, TemplateLimitError, render_batch, template_budget
 from app.ml.tasks.base import FieldProblem, Task, find_column, require_column, require_text
 
 PROMPT_NAMES = ("prompt", "instruction")
@@ -14,41 +19,71 @@ COMPLETION_NAMES = ("completion", "response", "chosen")
 MESSAGES_NAMES = ("messages", "conversation", "conversations")
 ROLES = ("system", "user", "assistant", "developer", "tool")
 IGNORE = -100
+# New tokens an HF text-generation request gets when it does not say (parameters.max_new_tokens).
+PREDICT_NEW_TOKENS = 64
 # Stand-in conversations used to check a chat template before a job is queued: that it renders, and
 # that the assistant turns of a longer conversation can be found in its rendering.
 PROBE = [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi!"}]
 TWO_TURNS = [{"role": "system", "content": "Be brief."}, *PROBE, {"role": "user", "content": "Why?"},
              {"role": "assistant", "content": "Because."}]
+# What the probe may take in all, in renderings' time limits (it renders six times; a fitting template
+# takes microseconds for each).
+PROBE_BUDGET_RENDERINGS = 2
+# Conversations rendered per round trip while tokenizing: enough to amortise the IPC, few enough that
+# their renderings (each up to FT_TEMPLATE_MAX_CHARS) are never many held at once.
+RENDER_CHUNK_ROWS = 16
+
+
+def _template(tokenizer) -> tuple[str, dict]:
+    """The template and the variables ``apply_chat_template`` renders it with (the special tokens)."""
+    return tokenizer.get_chat_template(), dict(tokenizer.special_tokens_map)
 
 
 def render(tokenizer, messages, add_generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    """``tokenizer.apply_chat_template(messages, tokenize=False, …)``, rendered under the template limits
+    (app/ml/chat_templates.py). Raises TemplateError / TemplateLimitError."""
+    template, variables = _template(tokenizer)
+    item = {"messages": messages, "add_generation_prompt": add_generation_prompt}
+    return render_batch(template, variables, [item])[0]["text"]
+
+
+def assistant_spans_batch(tokenizer, conversations: list) -> list[tuple[str, list[tuple[int, int]]]]:
+    """Each conversation rendered, with the character span of each assistant turn (its end-of-turn
+    marker included, so the model learns to stop). A turn's span is what rendering it adds after
+    the generation prompt; a template whose renderings are not prefixes of each other gives none.
+    The helper that renders finds the spans itself, so only the full renderings come back."""
+    template, variables = _template(tokenizer)
+    answers = render_batch(template, variables, [{"messages": m, "spans": True} for m in conversations])
+    return [(a["text"], [(start, end) for start, end in a["spans"]]) for a in answers]
 
 
 def assistant_spans(tokenizer, messages) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the character span of each assistant turn (its end-of-turn
-    marker included, so the model learns to stop). A turn's span is what rendering it adds after
-    the generation prompt; a template whose renderings are not prefixes of each other gives none."""
-    full = render(tokenizer, messages)
-    spans = []
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        prefix = render(tokenizer, messages[:i], add_generation_prompt=True)
-        upto = render(tokenizer, messages[: i + 1])
-        if upto.startswith(prefix) and full.startswith(upto):
-            spans.append((len(prefix), len(upto)))
-    return full, spans
+    return assistant_spans_batch(tokenizer, [messages])[0]
+
+
+# The turn-end tokens of each loaded tokenizer, for the template it had then: serving asks for them on
+# every generation, and a rendering is a round trip to a helper process.
+_turn_ends: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_turn_ends_lock = threading.Lock()
 
 
 def turn_end_ids(tokenizer) -> list[int]:
     """The special token that closes an assistant turn in the chat template (``<|im_end|>``,
     ``<|eot_id|>``…): generation stops there, as it does at end of text."""
+    template = tokenizer.chat_template
+    with _turn_ends_lock:
+        cached = _turn_ends.get(tokenizer)
+    if cached is not None and cached[0] == template:
+        return list(cached[1])
     full = render(tokenizer, PROBE)
-    after = full[full.rindex(PROBE[-1]["content"]) + len(PROBE[-1]["content"]):]
+    at = full.rfind(PROBE[-1]["content"])  # a template that drops the content has no turn end to find
+    after = full[at + len(PROBE[-1]["content"]):] if at >= 0 else ""
     ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after.strip() else []
     special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
-    return ids[:1] if ids and ids[0] in special else []
+    ids = ids[:1] if ids and ids[0] in special else []
+    with _turn_ends_lock:
+        _turn_ends[tokenizer] = (template, ids)
+    return list(ids)
 
 
 class TextGeneration(Task):
@@ -128,9 +163,16 @@ class TextGeneration(Task):
                                "cannot be turned into text. Pass 'chat_template' (a Jinja template, as in "
                                "tokenizer_config.json) with the job, or upload prompt/completion rows instead.")
         try:
-            render(tokenizer, PROBE, add_generation_prompt=True)
-            _, spans = assistant_spans(tokenizer, TWO_TURNS)
-        except Exception as exc:
+            # Both probes in one round trip, and under one budget: each rendering has the time limit, but
+            # a template just under it would otherwise cost this request six times as much.
+            with template_budget(PROBE_BUDGET_RENDERINGS * get_settings().template_timeout_s):
+                template, variables = _template(tokenizer)
+                _, two_turns = render_batch(template, variables, [
+                    {"messages": PROBE, "add_generation_prompt": True}, {"messages": TWO_TURNS, "spans": True}])
+            spans = two_turns["spans"]
+        except TemplateLimitError as exc:
+            raise FieldProblem("chat_template", exc.message) from None
+        except (TemplateError, ValueError) as exc:  # ValueError: a dict of templates without a default
             raise FieldProblem("chat_template", f"The chat template does not render: {exc}") from None
         if plan.get("completion_only_loss", True) and len(spans) != 2:
             # Training on the assistant turns only needs to find them: the rendering of a conversation's
@@ -157,11 +199,20 @@ class TextGeneration(Task):
                 "completion": str(record[mapping["completion"]])}
 
     def tokenize(self, batch, tokenizer, plan, max_length):
+        """Raises TemplateError (or TemplateLimitError) with ``line`` set to the line of the file the
+        failing conversation came from (the batch's ``line`` column, where the worker gives one)."""
         completion_only = plan.get("completion_only_loss", True)
         ids_out, labels_out = [], []
-        for messages, prompt, completion in zip(batch["messages"], batch["prompt"], batch["completion"]):
+        rows = list(zip(batch["messages"], batch["prompt"], batch["completion"]))
+        lines = batch["line"] if "line" in batch else [None] * len(rows)
+        rendered: dict[int, tuple[str, list[tuple[int, int]]]] = {}
+        for number, (messages, prompt, completion) in enumerate(rows):
             if messages is not None:
-                text, spans = assistant_spans(tokenizer, messages)
+                if number not in rendered:
+                    # The next few conversations in one round trip to the rendering helper; a few, so that
+                    # the renderings held at once stay small however long each may be.
+                    rendered = self._render_chats(tokenizer, rows, lines, number)
+                text, spans = rendered[number]
                 encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
                                     truncation=True, max_length=max_length)
                 ids = encoded["input_ids"]
@@ -176,6 +227,15 @@ class TextGeneration(Task):
             ids_out.append(ids)
             labels_out.append(labels)
         return {"input_ids": ids_out, "attention_mask": [[1] * len(i) for i in ids_out], "labels": labels_out}
+
+    @staticmethod
+    def _render_chats(tokenizer, rows, lines, first: int) -> dict[int, tuple[str, list[tuple[int, int]]]]:
+        numbers = list(islice((n for n in range(first, len(rows)) if rows[n][0] is not None), RENDER_CHUNK_ROWS))
+        try:
+            return dict(zip(numbers, assistant_spans_batch(tokenizer, [rows[n][0] for n in numbers])))
+        except TemplateError as exc:
+            exc.line = lines[numbers[exc.index]]
+            raise
 
     def collator(self, tokenizer, model, pad_to_multiple_of, packing_length=None):
         from transformers import DataCollatorForSeq2Seq
@@ -200,12 +260,28 @@ class TextGeneration(Task):
         loss = evaluated.get("eval_loss")
         return {"eval_perplexity": math.exp(min(loss, 50.0))} if loss is not None else {}
 
+    checks_requests = True
+
+    def checked_parameters(self, served, inputs, parameters):
+        """The inputs are prompts, the settings valid, the prompts fit the model's context (or are
+        truncated as ``parameters.truncate`` asks)."""
+        from app.ml.generation import checked_parameters
+
+        prompts, _ = self._prompts_and_full_text(inputs, parameters)
+        return checked_parameters(served, prompts, parameters, PREDICT_NEW_TOKENS, "inputs")
+
     def predict(self, served, inputs, parameters):
         from app.ml.generation import generate
 
-        for item in inputs:
-            if not isinstance(item, str):
-                raise FieldProblem("inputs", "Each input must be a prompt string.")
-        results = generate(served.model, served.tokenizer, list(inputs), parameters, default_new_tokens=64)
-        full = bool(parameters.get("return_full_text", False))
-        return [{"generated_text": (prompt if full else "") + r.text} for prompt, r in zip(inputs, results)]
+        prompts, full = self._prompts_and_full_text(inputs, parameters)
+        results = generate(served, prompts, parameters, PREDICT_NEW_TOKENS, param="inputs")
+        return [{"generated_text": (prompt if full else "") + r.text} for prompt, r in zip(prompts, results)]
+
+    @staticmethod
+    def _prompts_and_full_text(inputs, parameters) -> tuple[list[str], bool]:
+        if not all(isinstance(item, str) for item in inputs):
+            raise FieldProblem("inputs", "Each input must be a prompt string.")
+        full = parameters.get("return_full_text", False)
+        if not isinstance(full, bool):
+            raise FieldProblem("parameters.return_full_text", "return_full_text must be true or false.")
+        return list(inputs), full
