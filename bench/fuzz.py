@@ -89,7 +89,7 @@ def _main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="a running service (default: start the embedded one)")
     parser.add_argument("--key", help="its API key (with --url)")
-    parser.add_argument("--max-examples", type=int, default=40, help="cases per operation (default 40)")
+    parser.add_argument("--max-examples", type=int, default=200, help="generated cases per operation and pass (default 200)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.url:
