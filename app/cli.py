@@ -82,7 +82,7 @@ def offered_devices(settings) -> int:
 
 
 def _worker_command(concurrency: int) -> list[str]:
-    from worker.celery_app import worker_queues
+    from app.jobs.queue import worker_queues
 
     settings = get_settings()
     queues = ",".join(worker_queues(settings.gpu_queue, offered_devices(settings)))

@@ -108,7 +108,7 @@ class Settings(BaseSettings):
     # One record of an upload (a CSV/TSV record, a JSONL line, a Parquet row) and one value in it.
     max_row_bytes: int = Field(default=2**20, ge=1024)
     max_cell_bytes: int = Field(default=512 * 1024, ge=256)
-    # Lists and objects inside objects, in uploads and request bodies.
+    # Lists and objects inside objects, in an uploaded record (request bodies: Python's JSON parser's own limit).
     max_nesting_depth: int = Field(default=32, ge=2, le=200)
     # Chat templates (the job's or a base model's): the time one rendering may take and what it may produce.
     template_timeout_s: float = Field(default=1.0, gt=0)

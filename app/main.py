@@ -14,13 +14,13 @@ from fastapi import FastAPI
 from app.api import completions, files, health, jobs, keys, models, webhooks
 from app.api.gate import Gate
 from app.config import Settings, get_settings
-from app.errors import install_error_handlers
+from app.api.errors import install_error_handlers
 from app.schemas.common import ERROR_RESPONSES
 from app.ml.batching import Batchers
 from app.ml.inference import ModelCache
 from app.services.quotas import StreamSlots
-from app.services.reaper import Reaper
-from app.services.webhook_delivery import WebhookDispatcher
+from app.jobs.reaper import Reaper
+from app.webhooks.delivery import WebhookDispatcher
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -3,8 +3,8 @@ TrainingArguments, fine-tuning a sequence classifier on a TSV/CSV of (text, labe
 
 Used by the realism test (the service must be at least as accurate) and runnable alone:
 
-    python -m bench.bare_trainer --model <folder> --train ../shared/data/sst2/train.tsv \
-        --eval ../shared/data/sst2/validation.tsv --train-rows 2000 --eval-rows 500
+    python -m bench.bare_trainer --model <folder> --train $FT_DATASETS_DIR/sst2/train.tsv \
+        --eval $FT_DATASETS_DIR/sst2/validation.tsv --train-rows 2000 --eval-rows 500
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 TrainingArguments on CoNLL-style JSONL (`{"tokens": [...], "ner_tags": [...]}`), tags on first
 sub-tokens, entity-level F1 with seqeval.
 
-    python -m bench.bare_trainer_ner --model <folder> --train ../shared/data/conll2003/train.jsonl \
-        --eval ../shared/data/conll2003/validation.jsonl --train-rows 2000 --eval-rows 1000
+    python -m bench.bare_trainer_ner --model <folder> --train $FT_DATASETS_DIR/conll2003/train.jsonl \
+        --eval $FT_DATASETS_DIR/conll2003/validation.jsonl --train-rows 2000 --eval-rows 1000
 """
 
 from __future__ import annotations

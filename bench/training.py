@@ -11,7 +11,7 @@
 Printed per run: examples/s, non-pad tokens/s, MFU where a GPU exists (6 × parameters × tokens/s
 against the measured bf16 matmul peak of this GPU), and the ratios service/bare and service/hand-tuned.
 
-    python -m bench.training [--repeat 2]             # CPU: MiniLM on ../shared/data/sst2
+    python -m bench.training [--repeat 2]             # CPU: MiniLM on SST-2 (bench/datasets.py)
     python -m bench.training --shape bert-base gpt2   # GPU: random-init BERT-base and GPT-2 shapes
     python -m bench.training --shape gpt2 --layers 2 --rows 64 --seq 128   # a quick smoke run anywhere
 """
@@ -29,10 +29,11 @@ from pathlib import Path
 
 import httpx
 
+from bench.datasets import dataset
 from bench.service import MINILM_ID, minilm_folder, start_service
 
 REPO = Path(__file__).resolve().parents[1]
-SST2 = REPO.parent / "shared" / "data" / "sst2"
+SST2 = dataset("sst2")
 
 
 def sst2_rows(split: str, limit: int) -> list[dict]:

@@ -29,7 +29,6 @@ from tests.support.tiny_models import build_base_models  # noqa: E402
 # Fixtures of small served models (a long-context GPT-2 with two LoRA adapters, encoders), for serving tests.
 pytest_plugins = ["tests.support.serving_models"]
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 

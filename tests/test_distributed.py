@@ -77,7 +77,7 @@ def test_a_job_waits_for_a_worker_with_the_devices_it_asks_for(pg_stack):
     it is not sent there: its message waits on the queue only workers with three or more consume."""
     import redis
 
-    from worker.celery_app import job_queue, worker_queues
+    from app.jobs.queue import job_queue, worker_queues
 
     base = pg_stack.env["FT_GPU_QUEUE"]
     assert worker_queues(base, 3) == [base, f"{base}-x2", f"{base}-x3"] and job_queue(base, 1) == base
@@ -106,7 +106,7 @@ def test_out_of_memory_in_one_process_restarts_both_with_half_the_batch(base_mod
     plan = task.plan(mapping, scan_file(EXAMPLES / "sentiment.csv").profile(), None)
     requested = {**FAST, "n_epochs": 2, "devices": 2, "checkpoint_every": 3}
     spec = TrainingSpec("text-classification", str(base_models_dir / "tiny" / "bert"), mapping, plan,
-                        hyperparams.resolve(requested, 200, 128, 30, task=task), seed=7,
+                        hyperparams.resolve_hyperparameters(requested, 200, 128, 30, task=task), seed=7,
                         checkpoint_dir=tmp_path / "checkpoints",
                         callbacks=["tests.support.faults:SecondProcessOutOfMemoryAfterStep4"])
     reporter = Recorder()

@@ -158,6 +158,8 @@ def test_duplicate_delivery_runs_nothing(pg_stack):
     """Celery may deliver a message twice; the claim in SQL makes the second delivery a no-op."""
     from celery import Celery
 
+    from app.jobs.queue import RUN_JOB
+
     with pg_stack.client() as c:
         f = upload(c, EXAMPLES / "sentiment.csv").json()
         job = c.post("/v1/fine_tuning/jobs", json={"model": "tiny/bert", "training_file": f["id"],
@@ -167,7 +169,7 @@ def test_duplicate_delivery_runs_nothing(pg_stack):
         events_before = c.get(f"/v1/fine_tuning/jobs/{job['id']}/events", params={"limit": 100}).json()["data"]
 
         broker = Celery(broker=pg_stack.env["FT_BROKER_URL"])
-        broker.send_task("worker.tasks.run_job", args=[job["id"]], queue=pg_stack.env["FT_GPU_QUEUE"])
+        broker.send_task(RUN_JOB, args=[job["id"]], queue=pg_stack.env["FT_GPU_QUEUE"])
         deadline = time.monotonic() + 30
         while "no queued job for the turn of" not in pg_stack.log():
             assert time.monotonic() < deadline, pg_stack.log()

@@ -58,15 +58,15 @@ def test_packed_batch_has_the_loss_of_the_padded_batch(gpt2, base_models_dir):
 
 def test_runtime_choices_on_this_cpu():
     text_generation, classification = get_task("text-generation"), get_task("text-classification")
-    hp = runtime.resolve({"batch_size": 32, "devices": 2}, text_generation, training_flops=1e18)
+    hp = runtime.runtime_choices({"batch_size": 32, "devices": 2}, text_generation, training_flops=1e18)
     assert hp["precision"] == "fp32" and hp["tf32"] is False  # mixed precision and TF32 are GPU features
     assert hp["optimizer"] == "adamw_torch_fused" and hp["group_by_length"] is True
     assert hp["torch_compile"] is False  # compile time does not pay back on CPU
     assert hp["packing"] is True and hp["dataloader_workers"] == 0
     assert (hp["per_device_batch_size"], hp["gradient_accumulation_steps"]) == (16, 1)  # 16 × 1 × 2 devices
-    assert "packing" not in runtime.resolve({"batch_size": 8}, classification)
+    assert "packing" not in runtime.runtime_choices({"batch_size": 8}, classification)
     # Given values are kept: a user's choices, or those an earlier attempt of the job trained with.
-    kept = runtime.resolve({"batch_size": 32, "gradient_accumulation_steps": 4, "torch_compile": True,
+    kept = runtime.runtime_choices({"batch_size": 32, "gradient_accumulation_steps": 4, "torch_compile": True,
                             "packing": False}, text_generation)
     assert (kept["per_device_batch_size"], kept["gradient_accumulation_steps"]) == (8, 4)
     assert kept["torch_compile"] is True and kept["packing"] is False

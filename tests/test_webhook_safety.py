@@ -16,7 +16,8 @@ import pytest
 from pydantic import ValidationError
 
 from app.config import Settings
-from app.services import outbound, webhook_delivery
+from app.webhooks import delivery as webhook_delivery
+from app.webhooks import outbound
 from tests.support.webhook_flow import HOOKS, cancelled_job, deliveries, register
 from tests.support.webhook_flow import hook_server, settings, tarpit  # noqa: F401 - fixtures
 from tests.support.webhooks import fake_resolver, tls_pair
@@ -211,7 +212,7 @@ def test_receiver_answers_are_made_printable_before_logging_and_storing(client, 
     server = hook_server([500], body=(forged * 300).encode())
     register(client, server.url)
     job_id = cancelled_job(client)
-    with caplog.at_level(logging.WARNING, logger="app.services.webhook_delivery"):
+    with caplog.at_level(logging.WARNING, logger="app.webhooks.delivery"):
         assert webhook_delivery.deliver_due() == 1
 
     (row,) = deliveries(job_id)

@@ -16,7 +16,9 @@ from fastapi.testclient import TestClient
 
 from app.db.engine import session_scope
 from app.db.models import Job
-from app.services import webhook_delivery, webhooks
+from app.jobs.notifications import record_job_event
+from app.webhooks import delivery as webhook_delivery
+from app.webhooks import signing
 from tests.conftest import EXAMPLES, upload
 from tests.support.webhook_flow import HOOKS, JOBS, cancelled_job, deliveries, register
 from tests.support.webhook_flow import hook_server, settings  # noqa: F401 - fixtures
@@ -237,7 +239,7 @@ def test_record_job_event_ignores_unfinished_jobs(client, hook_server):
     file_id = upload(client, EXAMPLES / "sentiment.csv").json()["id"]
     job_id = client.post(JOBS, json={"model": "tiny/bert", "training_file": file_id}).json()["id"]
     with session_scope() as session:
-        webhooks.record_job_event(session, session.get(Job, job_id))
+        record_job_event(session, session.get(Job, job_id))
     assert deliveries(job_id) == []
 
 
@@ -279,10 +281,10 @@ def test_lifespan_runs_the_dispatcher_when_enabled(app, settings, monkeypatch):
 
 def test_signature_matches_the_standard_webhooks_example():
     # The example from the Standard Webhooks specification.
-    assert webhooks.sign("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330,
+    assert signing.sign("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330,
                          b'{"test": 2432232314}') == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
 
 
 def test_backoff_doubles_and_is_capped_at_an_hour():
-    assert [webhooks.backoff_s(n, 5.0) for n in (1, 2, 3, 4)] == [5.0, 10.0, 20.0, 40.0]
-    assert webhooks.backoff_s(30, 5.0) == 3600.0
+    assert [signing.backoff_s(n, 5.0) for n in (1, 2, 3, 4)] == [5.0, 10.0, 20.0, 40.0]
+    assert signing.backoff_s(30, 5.0) == 3600.0

@@ -55,9 +55,9 @@ class FileReporter:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def gpus_visible() -> int:
@@ -96,9 +96,9 @@ def launch(spec, train_file, valid_file, output_dir: Path, reporter: Reporter, w
             if not (folder / OUT_OF_MEMORY).exists() or relay.resolved is None:
                 tail = (folder / PROCESS_LOG).read_text(errors="replace")[-1500:]
                 raise RuntimeError(f"{devices} training processes exited with status {returncode}: …{tail}")
-            hp = dict(relay.resolved)
-            halve_batch(hp, reporter)
-            split = {key: hp[key] for key in ("per_device_batch_size", "gradient_accumulation_steps")}
+            hyperparameters = dict(relay.resolved)
+            halve_batch(hyperparameters, reporter)
+            split = {key: hyperparameters[key] for key in ("per_device_batch_size", "gradient_accumulation_steps")}
             spec = dataclasses.replace(spec, hyperparameters={**spec.hyperparameters, **split},
                                        resume_from=latest_checkpoint(spec.checkpoint_dir) or spec.resume_from)
 

@@ -43,7 +43,7 @@ def eager_seconds(training_flops: float, device_name: str, devices: int = 1) -> 
     return training_flops / (datasheet_peak(device_name) * EAGER_MFU * max(1, devices))
 
 
-def resolve(hp: dict[str, Any], task, training_flops: float | None = None) -> dict[str, Any]:
+def runtime_choices(hyperparameters: dict[str, Any], task, training_flops: float | None = None) -> dict[str, Any]:
     """The job's hyperparameters with every runtime choice made for this machine. Values already
     present (given by the user, or written by an earlier attempt of the same job) are kept, so a
     resumed job continues with the batch geometry its checkpoints were made with.
@@ -51,15 +51,15 @@ def resolve(hp: dict[str, Any], task, training_flops: float | None = None) -> di
     import torch
 
     gpu = torch.cuda.is_available()
-    out = dict(hp)
+    out = dict(hyperparameters)
     out["device"] = torch.cuda.get_device_name() if gpu else "cpu"
-    out["precision"] = resolve_precision(hp.get("precision") or "auto")
+    out["precision"] = resolve_precision(hyperparameters.get("precision") or "auto")
     # TF32 matmuls on Ampere and newer: ~8× the fp32 rate, with fp32 range.
     out["tf32"] = bool(gpu and torch.cuda.get_device_capability()[0] >= 8)
-    out["devices"] = int(hp.get("devices") or 1)
+    out["devices"] = int(hyperparameters.get("devices") or 1)
     out["optimizer"] = OPTIMIZER
     out["group_by_length"] = True  # dynamic padding wastes little when a batch holds similar lengths
-    compile_choice = hp.get("torch_compile", "auto")
+    compile_choice = hyperparameters.get("torch_compile", "auto")
     if compile_choice in (None, "auto"):
         # On GPU compiled kernels fuse the many small element-wise ops of a transformer layer, worth it
         # for jobs long enough to repay the compile time — judged by work, not step count: a step of
@@ -69,13 +69,13 @@ def resolve(hp: dict[str, Any], task, training_flops: float | None = None) -> di
                               >= COMPILE_MIN_SECONDS)
     out["torch_compile"] = bool(compile_choice)
     if "packing" in task.default_hyperparameters:
-        out["packing"] = bool(hp.get("packing", True))
+        out["packing"] = bool(hyperparameters.get("packing", True))
     # Workers collate the next batches while the GPU runs this one; on CPU they would only take
     # cores from the matmuls.
     cpus = os.cpu_count() or 1
     out["dataloader_workers"] = min(4, max(1, cpus // out["devices"] - 1)) if gpu else 0
-    out.update(split_batch(int(hp["batch_size"]), out["devices"], hp.get("gradient_accumulation_steps"),
-                           hp.get("per_device_batch_size")))
+    out.update(split_batch(int(hyperparameters["batch_size"]), out["devices"],
+                           hyperparameters.get("gradient_accumulation_steps"), hyperparameters.get("per_device_batch_size")))
     return out
 
 
@@ -129,7 +129,7 @@ def _smallest_across_processes(size: int, device) -> int:
     return int(value.item())
 
 
-def fit_batch_to_memory(hp: dict[str, Any], model, dataset, collator, reporter) -> None:
+def fit_batch_to_memory(hyperparameters: dict[str, Any], model, dataset, collator, reporter) -> None:
     """On a GPU, find the largest per-device micro-batch that fits — trying the longest examples, one
     forward and backward each — and raise accumulation to keep ``batch_size`` per optimiser step.
     The caller skips this where the user fixed gradient_accumulation_steps. The probe only saves
@@ -139,12 +139,12 @@ def fit_batch_to_memory(hp: dict[str, Any], model, dataset, collator, reporter) 
 
     if not torch.cuda.is_available():
         return
-    start = int(hp["per_device_batch_size"])
+    start = int(hyperparameters["per_device_batch_size"])
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
     total = torch.cuda.get_device_properties(device).total_memory
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     optimizer_bytes = trainable * 4 * 2  # AdamW's two fp32 moments, allocated at the first step
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(hp["precision"])
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(hyperparameters["precision"])
 
     def fits(size: int) -> bool:
         try:
@@ -170,9 +170,9 @@ def fit_batch_to_memory(hp: dict[str, Any], model, dataset, collator, reporter) 
         chosen = start
     chosen = _smallest_across_processes(chosen, device)
     if chosen < start:
-        hp["per_device_batch_size"] = chosen
-        hp["gradient_accumulation_steps"] = int(hp["gradient_accumulation_steps"]) * math.ceil(start / chosen)
+        hyperparameters["per_device_batch_size"] = chosen
+        accumulation = int(hyperparameters["gradient_accumulation_steps"]) * math.ceil(start / chosen)
+        hyperparameters["gradient_accumulation_steps"] = accumulation
         reporter.event(f"A per-device batch of {start} does not fit in GPU memory at the longest examples; "
-                       f"using {chosen} × {hp['gradient_accumulation_steps']} accumulation steps (same examples per "
-                       "optimiser step).", data={"per_device_batch_size": chosen,
-                                                 "gradient_accumulation_steps": hp["gradient_accumulation_steps"]})
+                       f"using {chosen} × {accumulation} accumulation steps (same examples per optimiser step).",
+                       data={"per_device_batch_size": chosen, "gradient_accumulation_steps": accumulation})

@@ -12,16 +12,24 @@ from fastapi.responses import StreamingResponse
 from app.api.deps import ServingProjectDep, SettingsDep, StorageDep
 from app.errors import bad_request
 from app.ml.tasks import FieldProblem
-from app.schemas.completions import ChatCompletionRequest, CompletionRequest
+from app.schemas.completions import ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest
 from app.services import completions, serving
 
 router = APIRouter(prefix="/v1", tags=["completions"])
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-@router.post("/chat/completions")
+def _answers(model) -> dict:
+    return {200: {"model": model, "description": "The answer; with `stream: true`, Server-Sent Events of chunks "
+                                                 "ending with `data: [DONE]`.",
+                  "content": {"text/event-stream": {}}}}
+
+
+@router.post("/chat/completions", responses=_answers(ChatCompletion))
 async def chat_completions(body: ChatCompletionRequest, request: Request, settings: SettingsDep, storage: StorageDep,
                            project: ServingProjectDep) -> Any:
+    """OpenAI chat completion on a fine-tuned text-generation model, rendered with its chat template. The
+    prompt must fit the model's context with `max_tokens` (or ask `truncate_prompt_tokens`)."""
     if len(body.messages) > settings.max_messages:
         raise bad_request(f"At most {settings.max_messages} messages per request (got {len(body.messages)}); "
                           "send fewer, e.g. drop or summarise the oldest turns.", "messages")
@@ -29,9 +37,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, settin
     return await _answer(request, loaded, body, completions.chat, completions.chat_stream)
 
 
-@router.post("/completions")
+@router.post("/completions", responses=_answers(Completion))
 async def text_completions(body: CompletionRequest, request: Request, settings: SettingsDep, storage: StorageDep,
                            project: ServingProjectDep) -> Any:
+    """OpenAI (legacy) completion of one prompt or a list, on a fine-tuned text-generation model."""
     if isinstance(body.prompt, list) and not 1 <= len(body.prompt) <= settings.max_prompts:
         raise bad_request(f"prompt takes a string or a list of 1 to {settings.max_prompts} strings (got "
                           f"{len(body.prompt)}); split the list over several requests.", "prompt")

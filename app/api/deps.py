@@ -23,13 +23,13 @@ from app.db.engine import get_session
 from app.errors import ApiError
 from app.services.keys import Caller, ProjectRef
 from app.services.quotas import RequestRate
-from app.storage import LocalStorage, get_storage
+from app.storage import Storage, get_storage
 
 # scope="function": the transaction commits when the handler returns, before the response is sent, so a
 # client that gets a 200 can immediately read what it just created (read-your-writes across requests).
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-StorageDep = Annotated[LocalStorage, Depends(get_storage)]
+StorageDep = Annotated[Storage, Depends(get_storage)]
 
 # Declares the bearer scheme in the OpenAPI document (so /docs and generated clients send the key); the
 # gate has checked the key already.

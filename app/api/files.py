@@ -1,3 +1,5 @@
+"""Datasets: OpenAI's file routes (upload, list, retrieve, content, delete), plus a preview."""
+
 from __future__ import annotations
 
 from typing import Annotated
@@ -8,6 +10,7 @@ from fastapi.responses import FileResponse
 from starlette.datastructures import UploadFile
 
 from app.api.deps import ProjectDep, SessionDep, SettingsDep, StorageDep
+from app.api.presenters import file_object
 from app.errors import ApiError
 from app.schemas.common import Deleted, ListPage, page_of
 from app.schemas.files import FileObject, FilePreview
@@ -28,6 +31,9 @@ _UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-da
 @router.post("", response_model=FileObject, openapi_extra=_UPLOAD_BODY)
 async def upload_file(request: Request, session: SessionDep, storage: StorageDep, settings: SettingsDep,
                       project: ProjectDep) -> FileObject:
+    """Upload a dataset (CSV, TSV, JSONL or Parquet, recognised by content). It is scanned once, streaming:
+    the answer has its rows, columns, detected task and column mapping, and every problem found with its
+    line and column (status `error` when there are errors)."""
     allowance = await run_in_threadpool(upload_allowance, session, project)
     form = await request.form(max_files=1, max_fields=8)
     file, purpose = form.get("file"), form.get("purpose") or "fine-tune"
@@ -39,26 +45,27 @@ async def upload_file(request: Request, session: SessionDep, storage: StorageDep
         raise storage_exceeded(project)
     record = await service.ingest(session, storage, project, file, file.filename or "upload", purpose,
                                   min(settings.max_upload_bytes, allowance))
-    return FileObject.of(record)
+    return file_object(record)
 
 
 @router.get("", response_model=ListPage[FileObject])
 def list_files(session: SessionDep, project: ProjectDep, after: str | None = None,
                limit: Annotated[int, Query(ge=1, le=100)] = 20, purpose: str | None = None):
-    page = page_of(service.list_files(session, project, after, limit, purpose), limit)
-    page["data"] = [FileObject.of(f) for f in page["data"]]
-    return page
+    """The project's files, newest first."""
+    return page_of(service.list_files(session, project, after, limit, purpose), limit, file_object)
 
 
 @router.get("/{file_id}", response_model=FileObject)
 def get_file(file_id: str, session: SessionDep, project: ProjectDep) -> FileObject:
-    return FileObject.of(service.get_file(session, project, file_id))
+    """The file, with its validation report."""
+    return file_object(service.get_file(session, project, file_id))
 
 
 @router.get("/{file_id}/content", response_class=FileResponse, responses={200: {
     "description": "The file as uploaded.",
     "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
 def file_content(file_id: str, session: SessionDep, project: ProjectDep, storage: StorageDep) -> FileResponse:
+    """The file's bytes, as uploaded (result files: the metrics CSV)."""
     record = service.get_file(session, project, file_id)
     return FileResponse(storage.local_path(record.storage_key), filename=record.filename,
                         media_type="application/octet-stream")
@@ -67,6 +74,7 @@ def file_content(file_id: str, session: SessionDep, project: ProjectDep, storage
 @router.get("/{file_id}/preview", response_model=FilePreview)
 def preview_file(file_id: str, session: SessionDep, project: ProjectDep, storage: StorageDep, settings: SettingsDep,
                  limit: Annotated[int, Query(ge=1)] = 10) -> FilePreview:
+    """The first rows, typed as training reads them (long values clipped)."""
     record = service.get_file(session, project, file_id)
     rows = service.preview(storage, record, min(limit, settings.preview_max_rows))
     return FilePreview(id=record.id, columns=record.columns, rows=rows)
@@ -74,5 +82,6 @@ def preview_file(file_id: str, session: SessionDep, project: ProjectDep, storage
 
 @router.delete("/{file_id}", response_model=Deleted)
 def delete_file(file_id: str, session: SessionDep, project: ProjectDep, storage: StorageDep) -> Deleted:
+    """Delete the file (409 while a job that has not ended uses it)."""
     service.delete_file(session, storage, project, file_id)
     return Deleted(id=file_id, object="file")

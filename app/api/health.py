@@ -15,15 +15,18 @@ from sqlalchemy import text
 from app.api.deps import SettingsDep
 from app.db.engine import get_engine
 from app.errors import ApiError
+from app.jobs import queue
+from app.schemas.operations import Health, Readiness
 from app.storage import get_storage
 
 router = APIRouter(tags=["operations"])
 log = logging.getLogger(__name__)
 
 
-@router.get("/healthz")
-def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+@router.get("/healthz", response_model=Health)
+def healthz() -> Health:
+    """The process is up."""
+    return Health()
 
 
 @router.get("/metrics", include_in_schema=False)
@@ -50,19 +53,14 @@ def _database() -> None:
         conn.execute(text("SELECT 1"))
 
 
-def _broker() -> None:
-    from worker.celery_app import celery_app
-
-    with celery_app.connection_for_write() as conn:
-        conn.ensure_connection(max_retries=1, timeout=3)
-
-
-@router.get("/readyz")
+@router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 def readyz(settings: SettingsDep) -> JSONResponse:
-    """Which dependency is down, in a word; why is in this process's log."""
+    """Whether the database, the broker and storage can be reached (503 when one cannot), in a word each;
+    why is in this process's log."""
     checks = {"database": _check("database", _database)}
     if settings.serve_mode == "all":  # serving replicas never enqueue, so they need no broker
-        checks["broker"] = _check("broker", _broker)
+        checks["broker"] = _check("broker", queue.ping)
     checks["storage"] = _check("storage", lambda: get_storage().check())
     ready = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ready" if ready else "not_ready", "checks": checks}, status_code=200 if ready else 503)
+    body = Readiness(status="ready" if ready else "not_ready", checks=checks)
+    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)

@@ -1,3 +1,5 @@
+"""Fine-tuning jobs: OpenAI's fine-tuning routes, plus estimates, pause/resume, live events and metrics."""
+
 from __future__ import annotations
 
 import re
@@ -7,11 +9,14 @@ from fastapi import APIRouter, Header, Query, Request
 from sse_starlette import EventSourceResponse
 
 from app.api.deps import ProjectDep, SessionDep, SettingsDep
+from app.api.presenters import checkpoint_object, event_object, job_object
+from app.jobs.results import metrics_series
 from app.schemas.common import ListPage, page_of
-from app.schemas.jobs import CheckpointObject, EventObject, JobCreate, JobObject
+from app.schemas.jobs import CheckpointObject, EventObject, JobCreate, JobEstimate, JobMetrics, JobObject
 from app.services import jobs as service
 from app.services.estimates import estimate
 from app.services.event_stream import follow
+from app.services.job_planning import plan_job
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 _METADATA_PARAM = re.compile(r"^metadata\[(.+)\]$")
@@ -20,50 +25,48 @@ _METADATA_PARAM = re.compile(r"^metadata\[(.+)\]$")
 @router.post("", response_model=JobObject)
 def create_job(body: JobCreate, session: SessionDep, settings: SettingsDep, project: ProjectDep,
                idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> JobObject:
-    job, created = service.create_job(session, settings, project, body, idempotency_key)
-    if created:
-        session.commit()  # enqueue strictly after the row is durable
-        service.enqueue(settings, job.id, job.devices)
-    return JobObject.of(job)
+    """Create a job, checked against its files and base model first (400 naming the field); queued for a
+    worker once it is stored. The same Idempotency-Key and body return the same job."""
+    return job_object(service.create_job(session, settings, project, body, idempotency_key))
 
 
-@router.post("/estimate")
-def estimate_job(body: JobCreate, session: SessionDep, settings: SettingsDep, project: ProjectDep) -> dict:
+@router.post("/estimate", response_model=JobEstimate)
+def estimate_job(body: JobCreate, session: SessionDep, settings: SettingsDep, project: ProjectDep) -> JobEstimate:
     """What the job would take (steps, tokens, seconds per device kind), checked like a real job but
     never created."""
-    return estimate(session, project, service.plan_job(session, settings, project, body))
+    return JobEstimate(**estimate(session, project, plan_job(session, settings, project, body)))
 
 
 @router.get("", response_model=ListPage[JobObject])
 def list_jobs(request: Request, session: SessionDep, project: ProjectDep, after: str | None = None,
               limit: Annotated[int, Query(ge=1, le=100)] = 20, status: str | None = None):
+    """The project's jobs, newest first; filter by `status` and by `metadata[key]=value`."""
     metadata = {m.group(1): v for k, v in request.query_params.items() if (m := _METADATA_PARAM.match(k))}
-    page = page_of(service.list_jobs(session, project, after, limit, status, metadata), limit)
-    page["data"] = [JobObject.of(j) for j in page["data"]]
-    return page
+    return page_of(service.list_jobs(session, project, after, limit, status, metadata), limit, job_object)
 
 
 @router.get("/{job_id}", response_model=JobObject)
 def get_job(job_id: str, session: SessionDep, project: ProjectDep) -> JobObject:
-    return JobObject.of(service.get_job(session, project, job_id))
+    """The job, with its progress (step, percent, ETA, throughput) and latest metrics."""
+    return job_object(service.get_job(session, project, job_id))
 
 
 @router.post("/{job_id}/cancel", response_model=JobObject)
 def cancel_job(job_id: str, session: SessionDep, project: ProjectDep) -> JobObject:
-    return JobObject.of(service.cancel_job(session, project, job_id))
+    """Cancel a job: at once if no worker holds it, else at the worker's next step."""
+    return job_object(service.cancel_job(session, project, job_id))
 
 
 @router.post("/{job_id}/pause", response_model=JobObject)
 def pause_job(job_id: str, session: SessionDep, project: ProjectDep) -> JobObject:
-    return JobObject.of(service.pause_job(session, project, job_id))
+    """Pause a job: a running one saves a checkpoint and stops; resume continues from it."""
+    return job_object(service.pause_job(session, project, job_id))
 
 
 @router.post("/{job_id}/resume", response_model=JobObject)
-def resume_job(job_id: str, session: SessionDep, settings: SettingsDep, project: ProjectDep) -> JobObject:
-    job = service.resume_job(session, project, job_id)
-    session.commit()
-    service.enqueue(settings, job.id, job.devices)
-    return JobObject.of(job)
+def resume_job(job_id: str, session: SessionDep, project: ProjectDep) -> JobObject:
+    """Queue a paused job again; it continues from its last checkpoint."""
+    return job_object(service.resume_job(session, project, job_id))
 
 
 @router.get("/{job_id}/events", response_model=ListPage[EventObject],
@@ -72,27 +75,28 @@ def list_events(job_id: str, request: Request, session: SessionDep, settings: Se
                 after: str | None = None,
                 limit: Annotated[int, Query(ge=1, le=1000)] = 20, stream: bool = False,
                 last_event_id: Annotated[str | None, Header()] = None):
+    """The job's events, newest first; with `stream=true` (or `Accept: text/event-stream`) a live
+    Server-Sent Events stream, resumable with `Last-Event-ID`, that ends after the job's last event."""
     job = service.get_job(session, project, job_id)
     if stream or "text/event-stream" in request.headers.get("accept", ""):
-        slot = request.app.state.stream_slots.acquire(project)  # 429 past the project's open-stream quota
-        session.commit()  # gives the connection back: the stream polls with short sessions of its own
+        # 429 past the project's open-stream quota. The request's session closes when this returns: the
+        # stream polls with short sessions of its own and holds no connection while it waits.
+        slot = request.app.state.stream_slots.acquire(project)
         start = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
         return EventSourceResponse(follow(job.id, start, slot), ping=settings.sse_ping_s)
-    page = page_of(service.list_events(session, job, after, limit), limit)
-    page["data"] = [EventObject.model_validate(e, from_attributes=True) for e in page["data"]]
-    return page
+    return page_of(service.list_events(session, job, after, limit), limit, event_object)
 
 
 @router.get("/{job_id}/checkpoints", response_model=ListPage[CheckpointObject])
 def list_checkpoints(job_id: str, session: SessionDep, project: ProjectDep, after: str | None = None,
                      limit: Annotated[int, Query(ge=1, le=100)] = 10):
+    """The job's checkpoints, newest first; each is servable as `fine_tuned_model_checkpoint`."""
     job = service.get_job(session, project, job_id)
-    page = page_of(service.list_checkpoints(session, job, after, limit), limit)
-    page["data"] = [CheckpointObject.of(c) for c in page["data"]]
-    return page
+    return page_of(service.list_checkpoints(session, job, after, limit), limit, checkpoint_object)
 
 
-@router.get("/{job_id}/metrics")
-def job_metrics(job_id: str, session: SessionDep, project: ProjectDep) -> dict:
+@router.get("/{job_id}/metrics", response_model=JobMetrics)
+def job_metrics(job_id: str, session: SessionDep, project: ProjectDep) -> JobMetrics:
+    """The job's whole per-step series: training loss, learning rate, throughput and evaluation metrics."""
     job = service.get_job(session, project, job_id)
-    return {"object": "list", "job_id": job.id, "data": service.metrics_series(session, job)}
+    return JobMetrics(job_id=job.id, data=metrics_series(session, job))

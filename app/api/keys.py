@@ -7,6 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from app.api.deps import AdminDep, SessionDep
+from app.api.presenters import key_object
+from app.db.engine import after_commit
 from app.db.models import now
 from app.errors import ApiError
 from app.schemas.common import ListPage, page_of
@@ -19,23 +21,24 @@ router = APIRouter(prefix="/v1/keys", tags=["keys"])
 
 @router.post("", response_model=CreatedKey)
 def create_key(body: KeyCreate, session: SessionDep, caller: AdminDep) -> CreatedKey:
+    """A new key of the project, shown in this answer only (only its hash is stored)."""
     check_api_keys(session, caller.project)
     expires_at = now() + body.expires_in_s if body.expires_in_s else None
     row, key = service.issue_key(session, caller.project, scope=body.scope, name=body.name, expires_at=expires_at)
-    return CreatedKey(**KeyObject.of(row).model_dump(), value=key)
+    return CreatedKey(**key_object(row).model_dump(), value=key)
 
 
 @router.get("", response_model=ListPage[KeyObject])
 def list_keys(session: SessionDep, caller: AdminDep, after: str | None = None,
               limit: Annotated[int, Query(ge=1, le=100)] = 20):
-    page = page_of(service.list_keys(session, caller.project.id, after, limit), limit)
-    page["data"] = [KeyObject.of(k) for k in page["data"]]
-    return page
+    """The project's keys, newest first (revoked ones too), by their last four characters."""
+    return page_of(service.list_keys(session, caller.project.id, after, limit), limit, key_object)
 
 
 @router.get("/{key_id}", response_model=KeyObject)
 def get_key(key_id: str, session: SessionDep, caller: AdminDep) -> KeyObject:
-    return KeyObject.of(service.get_key(session, caller.project.id, key_id))
+    """The key, by its last four characters."""
+    return key_object(service.get_key(session, caller.project.id, key_id))
 
 
 @router.delete("/{key_id}", response_model=RevokedKey)
@@ -48,6 +51,6 @@ def revoke_key(key_id: str, session: SessionDep, caller: AdminDep) -> RevokedKey
         raise ApiError(409, "This is the project's last admin key; create another admin key first, or ask the "
                             "operator (`finetune keys revoke`).", param="key_id", code="last_admin_key")
     row = service.revoke(session, row)
-    session.commit()  # then forget: a lookup racing the commit must not remember the key as valid
-    service.forget(row.id)
+    # Forgotten once revoked for good: a lookup racing the commit must not remember the key as valid.
+    after_commit(session, lambda: service.forget(row.id))
     return RevokedKey(id=row.id, revoked_at=row.revoked_at)

@@ -44,47 +44,13 @@ class _Record:
 
 
 def scan_delimited(path: Path, result: ScanResult, delimiter: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    limits = result.limits
     record = _Record()
-
-    # The csv module reads from our line iterator, so we know the physical line of every record (quoted
-    # multi-line fields included) and can stop a record that grows past the limit line by line.
-    def lines() -> Iterator[str]:
-        for line in bounded_lines(path, result):
-            if line.text is None:
-                # Already reported. Inside a quoted value the record is too long as well; as the header
-                # it leaves nothing to read the rest by; otherwise the next line starts a new record.
-                if record.size or not record.header_read:
-                    raise _RecordTooLong()
-                continue
-            if not record.size:
-                record.start = line.number
-            record.last = line.number
-            record.size += line.size
-            if record.size > limits.max_row_bytes:
-                raise _RecordTooLong()
-            record.has_nul = record.has_nul or "\x00" in line.text
-            yield line.text
-
     # TSV as most tools write it (GLUE, spreadsheets' "tab-separated") has no quoting: a value may
     # start with a double quote, and must not swallow the lines after it.
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    reader = csv.reader(lines(), delimiter=delimiter, quoting=quoting)
-    try:
-        header = next(reader)
-    except StopIteration:
-        return
-    except _RecordTooLong:
-        if record.size:
-            _report_too_long(result, record)
-        return
-    except csv.Error as exc:
-        result.error(f"Cannot read the header: {exc}.", line=1)
-        return
-    record.header_read = True
-    header = [h.strip() for h in header]
-    set_columns(result, header, line=record.start or 1)
-    if result.errors:
+    reader = csv.reader(_record_lines(path, result, record), delimiter=delimiter, quoting=quoting)
+    header = _header(reader, result, record)
+    if header is None:
         return
     while True:
         record.begin()
@@ -98,21 +64,64 @@ def scan_delimited(path: Path, result: ScanResult, delimiter: str) -> Iterator[t
         except csv.Error as exc:
             result.error(f"Malformed {result.format.upper()} on line {record.start}: {exc}.", line=record.start)
             continue
-        start = record.start
         if not row or (len(row) == 1 and row[0].strip() == "" and len(header) > 1):
             continue  # blank line
         if len(row) != len(header):
-            if record.last > start and delimiter != "\t" and any("\n" in v for v in row):
-                hint = (f"a double quote opened on line {start} is not closed where it should be (it runs to "
-                        f"line {record.last}); close it, or double it (\"\") inside a quoted value.")
-            else:
-                hint = f"check for an unquoted '{'TAB' if delimiter == chr(9) else delimiter}' in a value."
-            result.error(f"Line {start} has {len(row)} fields but the header has {len(header)}; {hint}",
-                         line=start)
+            _report_field_count(result, record, delimiter, len(row), len(header), row)
             continue
         if _bad_cell(result, record, header, row):
             continue
-        yield start, {h: _cell(v) for h, v in zip(header, row)}
+        yield record.start, {h: _cell(v) for h, v in zip(header, row)}
+
+
+def _record_lines(path: Path, result: ScanResult, record: _Record) -> Iterator[str]:
+    """The lines the csv module reads, from our own reader: so we know the physical line of every record
+    (quoted multi-line fields included) and can stop a record that grows past the limit line by line."""
+    for line in bounded_lines(path, result):
+        if line.text is None:
+            # Already reported. Inside a quoted value the record is too long as well; as the header it
+            # leaves nothing to read the rest by; otherwise the next line starts a new record.
+            if record.size or not record.header_read:
+                raise _RecordTooLong()
+            continue
+        if not record.size:
+            record.start = line.number
+        record.last = line.number
+        record.size += line.size
+        if record.size > result.limits.max_row_bytes:
+            raise _RecordTooLong()
+        record.has_nul = record.has_nul or "\x00" in line.text
+        yield line.text
+
+
+def _header(reader, result: ScanResult, record: _Record) -> list[str] | None:
+    """The header's column names, set on ``result``; None when there are no rows to read after it."""
+    try:
+        header = next(reader)
+    except StopIteration:
+        return None
+    except _RecordTooLong:
+        if record.size:
+            _report_too_long(result, record)
+        return None
+    except csv.Error as exc:
+        result.error(f"Cannot read the header: {exc}.", line=1)
+        return None
+    record.header_read = True
+    header = [h.strip() for h in header]
+    set_columns(result, header, line=record.start or 1)
+    return None if result.errors else header
+
+
+def _report_field_count(result: ScanResult, record: _Record, delimiter: str, fields: int, columns: int,
+                        row: list[str]) -> None:
+    start = record.start
+    if record.last > start and delimiter != "\t" and any("\n" in v for v in row):
+        hint = (f"a double quote opened on line {start} is not closed where it should be (it runs to "
+                f"line {record.last}); close it, or double it (\"\") inside a quoted value.")
+    else:
+        hint = f"check for an unquoted '{'TAB' if delimiter == chr(9) else delimiter}' in a value."
+    result.error(f"Line {start} has {fields} fields but the header has {columns}; {hint}", line=start)
 
 
 def _bad_cell(result: ScanResult, record: _Record, header: list[str], row: list[str]) -> bool:

@@ -208,28 +208,12 @@ def _round_down(count: int) -> int:
 
 def _batch_rows(batch: pa.RecordBatch, first_row: int, result: ScanResult,
                 progress: _Progress) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The batch's rows as Python records, in slices of a bounded decoded size; rows with a problem are
+    reported instead (found by Arrow, before any row becomes Python)."""
     limits = result.limits
-    names = batch.schema.names
     sizes_by_column = [cell_sizes(column) for column in batch.columns]
     row_sizes = row_totals(sizes_by_column, batch.num_rows)
-    problems: dict[int, tuple[str, str]] = {}
-    for name, sizes in zip(names, sizes_by_column):
-        for i, size in _over(sizes, limits.max_cell_bytes):
-            problems.setdefault(i, (f"Row {first_row + i + 1}, column '{name}': the value is {size:,} bytes when "
-                                    f"decoded; at most {limits.max_cell_bytes:,} (FT_MAX_CELL_BYTES). Shorten it.",
-                                    name))
-    for i, size in _over(row_sizes, limits.max_row_bytes):
-        largest = names[max(range(len(names)), key=lambda j: sizes_by_column[j][i].as_py())]
-        problems.setdefault(i, (f"Row {first_row + i + 1} is {size:,} bytes when decoded; at most "
-                                f"{limits.max_row_bytes:,} (FT_MAX_ROW_BYTES). Its largest value is in column "
-                                f"'{largest}'; shorten it.", largest))
-    for name, column in zip(names, batch.columns):
-        for i in slots_with_invalid_text(column):
-            problems.setdefault(i, (f"Row {first_row + i + 1}, column '{name}': a text is not valid UTF-8; write "
-                                    "the file with UTF-8 text.", name))
-        for i in slots_with_nul(column):
-            problems.setdefault(i, (f"Row {first_row + i + 1}, column '{name}': a text holds a NUL character "
-                                    "(\\x00); remove it.", name))
+    problems = _row_problems(batch, first_row, limits, sizes_by_column, row_sizes)
     sizes = row_sizes.to_pylist()
     start = 0
     while start < batch.num_rows:
@@ -260,6 +244,32 @@ def _batch_rows(batch: pa.RecordBatch, first_row: int, result: ScanResult,
                 continue
             yield row, record
         start = end
+
+
+def _row_problems(batch: pa.RecordBatch, first_row: int, limits, sizes_by_column: list[pa.Array],
+                  row_sizes: pa.Array) -> dict[int, tuple[str, str]]:
+    """Row index → (message, column) of the first problem of each bad row: a value or a row over its
+    limit, text that is not UTF-8, a NUL character."""
+    names = batch.schema.names
+    problems: dict[int, tuple[str, str]] = {}
+    for name, sizes in zip(names, sizes_by_column):
+        for i, size in _over(sizes, limits.max_cell_bytes):
+            problems.setdefault(i, (f"Row {first_row + i + 1}, column '{name}': the value is {size:,} bytes when "
+                                    f"decoded; at most {limits.max_cell_bytes:,} (FT_MAX_CELL_BYTES). Shorten it.",
+                                    name))
+    for i, size in _over(row_sizes, limits.max_row_bytes):
+        largest = names[max(range(len(names)), key=lambda j: sizes_by_column[j][i].as_py())]
+        problems.setdefault(i, (f"Row {first_row + i + 1} is {size:,} bytes when decoded; at most "
+                                f"{limits.max_row_bytes:,} (FT_MAX_ROW_BYTES). Its largest value is in column "
+                                f"'{largest}'; shorten it.", largest))
+    for name, column in zip(names, batch.columns):
+        for i in slots_with_invalid_text(column):
+            problems.setdefault(i, (f"Row {first_row + i + 1}, column '{name}': a text is not valid UTF-8; write "
+                                    "the file with UTF-8 text.", name))
+        for i in slots_with_nul(column):
+            problems.setdefault(i, (f"Row {first_row + i + 1}, column '{name}': a text holds a NUL character "
+                                    "(\\x00); remove it.", name))
+    return problems
 
 
 def _over(values: pa.Array, limit: int) -> list[tuple[int, int]]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
@@ -10,6 +11,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import get_settings
+
+log = logging.getLogger(__name__)
 
 
 @lru_cache
@@ -62,3 +65,26 @@ def get_session() -> Iterator[Session]:
     """FastAPI dependency: one transaction per request, committed only if the handler succeeded."""
     with session_scope() as session:
         yield session
+
+
+# --- work that must wait for the commit -----------------------------------------------------------------
+
+def after_commit(session: Session, action: Callable[[], None]) -> None:
+    """Runs ``action`` once ``session``'s transaction has committed, and never if it rolls back: a job's
+    message is sent only for a job row that exists, files are removed only once the rows naming them
+    are gone, and nobody (a router, the reaper) has to commit by hand first."""
+    session.info.setdefault("after_commit", []).append(action)
+
+
+@event.listens_for(Session, "after_commit")
+def _run_after_commit(session: Session) -> None:
+    for action in session.info.pop("after_commit", []):
+        try:
+            action()
+        except Exception:  # the commit stands; what follows it must not undo it, nor stop the others
+            log.exception("work after commit failed")
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_after_rollback(session: Session) -> None:
+    session.info.pop("after_commit", None)

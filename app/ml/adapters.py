@@ -40,7 +40,7 @@ def resolve_adapter(requested: dict[str, Any] | None, model_type: str, base_path
     if missing:
         raise FieldProblem("adapter.target_modules", f"The base model has no module named {', '.join(missing)}; "
                                                      f"names it has include {', '.join(sorted(components)[:20])}.")
-    return {"type": "lora", "r": r, "alpha": int(requested.get("alpha") or 2 * r),
+    return {"type": "lora", "r": r, "alpha": float(requested.get("alpha") or 2 * r),
             "dropout": float(requested["dropout"]) if requested.get("dropout") is not None else 0.05,
             "target_modules": targets, "merge": bool(requested.get("merge", False))}
 

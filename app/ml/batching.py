@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi.concurrency import run_in_threadpool
+from anyio.to_thread import run_sync as run_in_thread
 
 from app.ml.inference import LoadedModel, predict
 from app.ml.tasks import FieldProblem, get_task
@@ -103,7 +103,7 @@ class MicroBatcher:
         PREDICT_BATCHES.labels(self._loaded.task).inc()
         BATCH_INPUTS.observe(len(inputs))
         try:
-            outputs = await run_in_threadpool(requests[0].run, self._loaded, inputs, requests[0].parameters,
+            outputs = await run_in_thread(requests[0].run, self._loaded, inputs, requests[0].parameters,
                                               self.batch_size)
         except FieldProblem as problem:
             if len(requests) > 1:  # one request's bad input must not fail its neighbours: run each alone
@@ -127,7 +127,7 @@ async def _checked(loaded: LoadedModel, inputs: list[Any], parameters: dict[str,
     context), before the request joins a batch: they fail this request alone, and never inside the
     model's lock. In a worker thread, as they tokenize; tasks without such checks skip the hop."""
     task = get_task(loaded.task)
-    return await run_in_threadpool(task.checked_parameters, loaded, inputs, parameters) if task.checks_requests \
+    return await run_in_thread(task.checked_parameters, loaded, inputs, parameters) if task.checks_requests \
         else parameters
 
 

@@ -259,43 +259,19 @@ def stream(served, prompt: str, parameters: dict[str, Any], default_new_tokens: 
            prefix: str = "") -> Iterator[str | Generated]:
     """Yields text pieces as they are generated, then one ``Generated`` with the totals.
 
-    Generation runs in its own thread, which takes the model's lock itself: the caller (iterating
-    as its client reads) never holds it, so a slow or stalled reader delays nobody; the pieces wait
-    in the streamer's queue (at most max_new_tokens of them). Closing this generator (the client
-    went away) ends the generation at its next step."""
-    from transformers import TextIteratorStreamer
-
+    Generation runs in its own thread (:class:`_BackgroundGeneration`), which takes the model's lock
+    itself: the caller (iterating as its client reads) never holds it, so a slow or stalled reader
+    delays nobody; the pieces wait in the streamer's queue (at most max_new_tokens of them). Closing
+    this generator (the client went away) ends the generation at its next step."""
     settings = decoding(parameters, default_new_tokens, prefix)
     fitted = fit_prompts(served, [prompt], settings, param, add_special_tokens, prefix)
-    kwargs = {**settings.kwargs, "max_new_tokens": fitted.max_new_tokens}
+    max_new_tokens = fitted.max_new_tokens
     ends = _end_ids(served.tokenizer, end_token_ids)
-    width = len(fitted.ids[0])
-    streamer = TextIteratorStreamer(served.tokenizer, skip_prompt=True, skip_special_tokens=True,
-                                    timeout=STREAM_STALL_S)
-    cancelled = threading.Event()
-    outcome: dict[str, Any] = {}
-
-    def run():
-        import torch
-
-        try:
-            with served.hold(), torch.inference_mode():
-                input_ids = torch.tensor(fitted.ids, device=served.model.device)
-                _seed(settings)
-                outcome["output"] = served.model.generate(
-                    input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs, streamer=streamer,
-                    eos_token_id=ends, pad_token_id=served.tokenizer.pad_token_id,
-                    stopping_criteria=_criteria(served, settings, width, cancelled))
-        except BaseException as exc:  # surfaced to the caller after the stream ends
-            outcome["error"] = exc
-            streamer.end()
-
-    thread = threading.Thread(target=run, name="generate-stream", daemon=True)
-    thread.start()
+    generation = _BackgroundGeneration(served, fitted.ids, settings, max_new_tokens, ends)
     sent = ""
     stopped = False
     try:
-        for piece in streamer:
+        for piece in generation.streamer:
             if stopped:
                 continue
             candidate, stopped = _trim_at_stop(sent + piece, settings.stops)
@@ -303,14 +279,52 @@ def stream(served, prompt: str, parameters: dict[str, Any], default_new_tokens: 
                 yield candidate[len(sent):]
             sent = candidate
     finally:
-        cancelled.set()  # no-op once generation ended; otherwise the client is gone: stop generating
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    new = outcome["output"][0][width:].tolist()
+        generation.cancelled.set()  # no-op once generation ended; otherwise the client is gone: stop generating
+    width = len(fitted.ids[0])
+    new = generation.result()[0][width:].tolist()
     ended = any(t in ends for t in new)
-    reason = "stop" if ended or stopped or len(new) < kwargs["max_new_tokens"] else "length"
+    reason = "stop" if ended or stopped or len(new) < max_new_tokens else "length"
     yield Generated(sent, reason, width, len(new))
+
+
+class _BackgroundGeneration:
+    """One prompt generated in a thread of its own, its text pieces queued in ``streamer``."""
+
+    def __init__(self, served, ids: list[list[int]], settings: Decoding, max_new_tokens: int, ends: list[int]):
+        from transformers import TextIteratorStreamer
+
+        self.served, self.ids, self.settings = served, ids, settings
+        self.max_new_tokens, self.ends = max_new_tokens, ends
+        self.streamer = TextIteratorStreamer(served.tokenizer, skip_prompt=True, skip_special_tokens=True,
+                                             timeout=STREAM_STALL_S)
+        self.cancelled = threading.Event()
+        self._output, self._error = None, None
+        self._thread = threading.Thread(target=self._run, name="generate-stream", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import torch
+
+        served = self.served
+        try:
+            with served.hold(), torch.inference_mode():
+                input_ids = torch.tensor(self.ids, device=served.model.device)
+                _seed(self.settings)
+                self._output = served.model.generate(
+                    input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                    **{**self.settings.kwargs, "max_new_tokens": self.max_new_tokens}, streamer=self.streamer,
+                    eos_token_id=self.ends, pad_token_id=served.tokenizer.pad_token_id,
+                    stopping_criteria=_criteria(served, self.settings, len(self.ids[0]), self.cancelled))
+        except BaseException as exc:  # surfaced to the caller after the stream ends
+            self._error = exc
+            self.streamer.end()
+
+    def result(self):
+        """The generated ids (prompt included), once the generation has ended; or its error, raised."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._output
 
 
 @functools.cache

@@ -20,6 +20,7 @@ DEFAULTS: dict[str, Any] = {
 # Choices the worker makes for its device (per-device batch and accumulation, precision, compile):
 # a value given here is kept, "auto" is resolved when the job starts and written onto the job.
 RUNTIME_KEYS = ("gradient_accumulation_steps", "per_device_batch_size", "precision", "torch_compile")
+# What a request may ask for (app/schemas/jobs.py takes its choices from here).
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "polynomial", "cosine_with_restarts")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MAX_SEQ_LENGTH_CAP = 256
@@ -37,30 +38,62 @@ def _given(value: Any) -> bool:
     return value is not None and value != "auto"
 
 
-def resolve(requested: dict[str, Any], train_rows: int, model_max_positions: int | None,
-            mean_text_chars: float, has_validation_file: bool = False, task=None,
-            adapter: dict[str, Any] | None = None, model_width: int | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    cap = task.max_seq_length_cap if task is not None else MAX_SEQ_LENGTH_CAP
+def resolve_hyperparameters(requested: dict[str, Any], train_rows: int, model_max_positions: int | None,
+                            mean_text_chars: float, has_validation_file: bool = False, task=None,
+                            adapter: dict[str, Any] | None = None, model_width: int | None = None) -> dict[str, Any]:
+    """Every hyperparameter of a job with a value: what the request gave, else a default chosen for this
+    file, task and model. The runtime choices that depend on the worker's device (precision, batch split,
+    compile) stay for the worker (worker/runtime.py), unless the request gave them."""
     evaluates = has_validation_file or holdout_rows(train_rows, False) > 0
     train_rows -= holdout_rows(train_rows, has_validation_file)
-    batch = requested.get("batch_size")
+    resolved: dict[str, Any] = {"batch_size": _batch_size(requested, train_rows)}
+    resolved["n_epochs"] = _epochs(requested, train_rows, resolved["batch_size"])
+    multiplier = requested.get("learning_rate_multiplier")
+    resolved["learning_rate_multiplier"] = float(multiplier) if _given(multiplier) else 1.0
+    resolved["learning_rate"] = _learning_rate(requested, resolved, adapter, model_width)
+    for key, default in DEFAULTS.items():
+        value = requested.get(key)
+        resolved[key] = value if _given(value) else default
+    for key in RUNTIME_KEYS:
+        if _given(requested.get(key)):
+            resolved[key] = requested[key]
+    devices = requested.get("devices")
+    resolved["devices"] = int(devices) if _given(devices) else 1
+    cap = task.max_seq_length_cap if task is not None else MAX_SEQ_LENGTH_CAP
+    resolved["max_seq_length"] = _max_seq_length(requested, cap, mean_text_chars, model_max_positions)
+    resolved.update(_schedule(requested, total_steps(train_rows, resolved), evaluates))
+    for key, default in (task.default_hyperparameters if task is not None else {}).items():
+        resolved[key] = requested.get(key, default)
+    if adapter:
+        resolved["adapter"] = adapter
+    return resolved
+
+
+def _batch_size(requested: dict[str, Any], train_rows: int) -> int:
     # batch_size counts examples per optimiser step, whatever the worker's split into per-device
     # micro-batches, accumulation and processes. Small files need many optimiser steps more than big
     # batches: measured on 2,000 CoNLL sentences, batch 16 lost ~2 F1 points to batch 8 at the same
     # epochs; large files gain throughput (fuller GPUs) instead.
-    out["batch_size"] = int(batch) if _given(batch) else (
-        8 if train_rows <= 5_000 else 16 if train_rows <= 20_000 else 32 if train_rows <= 100_000 else 64)
+    batch = requested.get("batch_size")
+    if _given(batch):
+        return int(batch)
+    return 8 if train_rows <= 5_000 else 16 if train_rows <= 20_000 else 32 if train_rows <= 100_000 else 64
+
+
+def _epochs(requested: dict[str, Any], train_rows: int, batch_size: int) -> int:
     epochs = requested.get("n_epochs")
     if _given(epochs):
-        out["n_epochs"] = int(epochs)
-    else:
-        # Aim for at least ~300 optimiser steps on small files, never fewer than 3 or more than 10 epochs.
-        steps_per_epoch = max(1, math.ceil(train_rows / out["batch_size"]))
-        out["n_epochs"] = min(10, max(3, math.ceil(300 / steps_per_epoch)))
-    multiplier = requested.get("learning_rate_multiplier")
-    out["learning_rate_multiplier"] = float(multiplier) if _given(multiplier) else 1.0
-    lr = requested.get("learning_rate")
+        return int(epochs)
+    # Aim for at least ~300 optimiser steps on small files, never fewer than 3 or more than 10 epochs.
+    steps_per_epoch = max(1, math.ceil(train_rows / batch_size))
+    return min(10, max(3, math.ceil(300 / steps_per_epoch)))
+
+
+def _learning_rate(requested: dict[str, Any], resolved: dict[str, Any], adapter: dict[str, Any] | None,
+                   model_width: int | None) -> float:
+    given = requested.get("learning_rate")
+    if _given(given):
+        return float(given)
     # Square-root scaling keeps the effective step size comparable when the batch grows. Full
     # fine-tuning steps shrink with the model's width (as in muP-style transfer): narrow models such as
     # MiniLM (384) want ~1e-4 — measured +1 to +3 entity-F1 on CoNLL over 5e-5 at the same budget — and
@@ -70,44 +103,37 @@ def resolve(requested: dict[str, Any], train_rows: int, model_max_positions: int
     else:
         base = BASE_LEARNING_RATE * REFERENCE_WIDTH / model_width if model_width else BASE_LEARNING_RATE
         base = min(1e-4, max(1e-5, base))
-    base *= math.sqrt(out["batch_size"] / 8)
-    out["learning_rate"] = float(lr) if _given(lr) else base * out["learning_rate_multiplier"]
-    for key, default in DEFAULTS.items():
-        value = requested.get(key)
-        out[key] = value if _given(value) else default
-    for key in RUNTIME_KEYS:
-        if _given(requested.get(key)):
-            out[key] = requested[key]
-    devices = requested.get("devices")
-    out["devices"] = int(devices) if _given(devices) else 1
-    seq = requested.get("max_seq_length")
-    if _given(seq):
-        out["max_seq_length"] = int(seq)
+    return base * math.sqrt(resolved["batch_size"] / 8) * resolved["learning_rate_multiplier"]
+
+
+def _max_seq_length(requested: dict[str, Any], cap: int, mean_text_chars: float,
+                    model_max_positions: int | None) -> int:
+    given = requested.get("max_seq_length")
+    if _given(given):
+        length = int(given)
     else:
         # Dynamic padding already pads only to each batch's longest row; the cap only bounds outliers.
         # Without text statistics (lists of words, chat messages) half the task's cap is the guess.
         guess = 2 ** math.ceil(math.log2(max(32, mean_text_chars / 2))) if mean_text_chars else cap // 2
-        out["max_seq_length"] = min(cap, max(128, guess))
-    if model_max_positions:
-        out["max_seq_length"] = min(out["max_seq_length"], model_max_positions)
-    # Evaluate and checkpoint about five times per job by default; checkpoints fall on evaluation
-    # steps so that early stopping can go back to the best one.
-    total = total_steps(train_rows, out)
+        length = min(cap, max(128, guess))
+    return min(length, model_max_positions) if model_max_positions else length
+
+
+def _schedule(requested: dict[str, Any], total: int, evaluates: bool) -> dict[str, Any]:
+    """When to evaluate, checkpoint and stop early. About five evaluations and checkpoints per job by
+    default; checkpoints fall on evaluation steps so that early stopping can go back to the best one."""
+    schedule: dict[str, Any] = {}
     for key in ("eval_every", "checkpoint_every"):
         value = requested.get(key)
-        out[key] = int(value) if _given(value) else max(1, math.ceil(total / 5))
+        schedule[key] = int(value) if _given(value) else max(1, math.ceil(total / 5))
     if not evaluates:
-        out["eval_every"] = None
-    for key, default in (task.default_hyperparameters if task is not None else {}).items():
-        out[key] = requested.get(key, default)
-    if adapter:
-        out["adapter"] = adapter
+        schedule["eval_every"] = None
     patience = requested.get("early_stopping_patience")
-    out["early_stopping_patience"] = int(patience) if _given(patience) else None
-    if out["early_stopping_patience"] and out["eval_every"]:
-        out["checkpoint_every"] = out["eval_every"]
-    return out
+    schedule["early_stopping_patience"] = int(patience) if _given(patience) else None
+    if schedule["early_stopping_patience"] and schedule["eval_every"]:
+        schedule["checkpoint_every"] = schedule["eval_every"]
+    return schedule
 
 
-def total_steps(train_rows: int, hp: dict[str, Any]) -> int:
-    return max(1, math.ceil(train_rows / int(hp["batch_size"]))) * int(hp["n_epochs"])
+def total_steps(train_rows: int, hyperparameters: dict[str, Any]) -> int:
+    return max(1, math.ceil(train_rows / int(hyperparameters["batch_size"]))) * int(hyperparameters["n_epochs"])

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
@@ -15,11 +16,12 @@ class ListPage(BaseModel, Generic[T]):
     last_id: str | None = None
 
 
-def page_of(items: list[Any], limit: int, key=lambda x: x.id) -> dict[str, Any]:
-    """``items`` holds up to ``limit + 1`` rows: the extra one only says whether there is more."""
-    data = items[:limit]
-    return {"object": "list", "data": data, "has_more": len(items) > limit,
-            "first_id": key(data[0]) if data else None, "last_id": key(data[-1]) if data else None}
+def page_of(items: list[Any], limit: int, present: Callable[[Any], Any] = lambda row: row) -> dict[str, Any]:
+    """One page of a list, each row as ``present`` shows it. ``items`` holds up to ``limit + 1`` rows: the
+    extra one only says whether there is more."""
+    rows = items[:limit]
+    return {"object": "list", "data": [present(row) for row in rows], "has_more": len(items) > limit,
+            "first_id": rows[0].id if rows else None, "last_id": rows[-1].id if rows else None}
 
 
 class Deleted(BaseModel):

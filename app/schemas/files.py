@@ -4,7 +4,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from app.db.models import File
 
 
 class Problem(BaseModel):
@@ -35,16 +34,6 @@ class FileObject(BaseModel):
     detected_task: str | None
     detected_column_mapping: dict[str, str] | None = None
     validation: Validation
-
-    @classmethod
-    def of(cls, f: File) -> "FileObject":
-        details = None
-        if f.status == "error" and f.validation.get("errors"):
-            details = f.validation["errors"][0]["message"]
-        return cls(id=f.id, bytes=f.bytes, created_at=f.created_at, filename=f.filename, purpose=f.purpose,
-                   status=f.status, status_details=details, format=f.format, rows=f.rows, columns=f.columns,
-                   sha256=f.sha256, detected_task=f.detected_task, detected_column_mapping=f.detected_column_mapping,
-                   validation=Validation(**f.validation))
 
 
 class FilePreview(BaseModel):

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from app.db.models import Checkpoint, Job
+from app.ml.hyperparams import PRECISIONS, SCHEDULERS
 
 Auto = Literal["auto"]
 
@@ -46,9 +46,8 @@ class Hyperparameters(BaseModel):
                                                                         "(default: on GPU for jobs long enough "
                                                                         "to repay the compile time).")
     max_seq_length: int | Auto | None = None
-    lr_scheduler: Literal["auto", "linear", "cosine", "constant", "constant_with_warmup", "polynomial",
-                          "cosine_with_restarts"] | None = None
-    precision: Literal["auto", "fp32", "bf16", "fp16"] | None = None
+    lr_scheduler: Literal[("auto", *SCHEDULERS)] | None = None
+    precision: Literal[PRECISIONS] | None = None
     eval_every: int | Auto | None = Field(default=None, description="Evaluate every N optimiser steps.")
     checkpoint_every: int | Auto | None = Field(default=None, description="Save a resumable checkpoint every N steps.")
     early_stopping_patience: int | Auto | None = None
@@ -57,23 +56,6 @@ class Hyperparameters(BaseModel):
     packing: bool | None = Field(default=None, description="text-generation: lay a batch's examples end to end in "
                                                            "shared rows instead of padding each (default true).")
     adapter: Adapter | None = None
-
-    def checked(self) -> dict[str, Any]:
-        """Range checks that pydantic's types cannot express, each naming its field."""
-        from app.errors import bad_request
-
-        limits = {"n_epochs": (1, 100), "batch_size": (1, 4096), "learning_rate_multiplier": (1e-3, 100),
-                  "learning_rate": (1e-8, 1.0), "warmup_ratio": (0.0, 0.5), "weight_decay": (0.0, 1.0),
-                  "gradient_accumulation_steps": (1, 1024), "max_seq_length": (8, 32768),
-                  "per_device_batch_size": (1, 4096), "devices": (1, 64),
-                  "eval_every": (1, 10**7), "checkpoint_every": (1, 10**7), "early_stopping_patience": (1, 1000)}
-        values = self.model_dump(exclude_none=True, exclude={"adapter"})
-        for key, (lo, hi) in limits.items():
-            value = values.get(key)
-            if value is not None and value != "auto" and not lo <= value <= hi:
-                raise bad_request(f"{key} must be between {lo} and {hi} (got {value}).",
-                                  f"method.supervised.hyperparameters.{key}")
-        return values
 
 
 class Supervised(BaseModel):
@@ -109,11 +91,6 @@ class JobCreate(BaseModel):
     chat_template: str | None = Field(default=None, max_length=50_000,
                                       description="text-generation: a Jinja chat template for base models "
                                                   "that have none (or to replace theirs).")
-
-
-def supervised_method(hyperparameters: dict[str, Any]) -> dict[str, Any]:
-    """The OpenAI ``method`` object a job shows, carrying its resolved hyperparameters."""
-    return {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}}
 
 
 class JobError(BaseModel):
@@ -159,19 +136,6 @@ class JobObject(BaseModel):
     metrics: dict[str, Any] | None
     attempt: int
 
-    @classmethod
-    def of(cls, job: Job) -> "JobObject":
-        return cls(
-            id=job.id, model=job.model, created_at=job.created_at, finished_at=job.finished_at, status=job.status,
-            error=JobError(**job.error) if job.error else None, fine_tuned_model=job.fine_tuned_model,
-            hyperparameters=job.hyperparameters, method=job.method, organization_id=job.project_id,
-            result_files=job.result_files or [], seed=job.seed, trained_tokens=job.trained_tokens,
-            training_file=job.training_file, validation_file=job.validation_file, metadata=job.metadata_,
-            estimated_finish=job.estimated_finish, user_provided_suffix=job.suffix, task=job.task,
-            column_mapping=job.column_mapping, progress=Progress(**job.progress) if job.progress else None,
-            metrics=job.metrics, attempt=job.attempt,
-        )
-
 
 class EventObject(BaseModel):
     id: str
@@ -193,7 +157,28 @@ class CheckpointObject(BaseModel):
     metrics: dict[str, Any]
     step_number: int
 
-    @classmethod
-    def of(cls, c: Checkpoint) -> "CheckpointObject":
-        return cls(id=c.id, created_at=c.created_at, fine_tuned_model_checkpoint=c.model_id, fine_tuning_job_id=c.job_id,
-                   metrics=c.metrics, step_number=c.step)
+
+class JobEstimate(BaseModel):
+    """What a job would take, without creating it."""
+
+    object: Literal["fine_tuning.job.estimate"] = "fine_tuning.job.estimate"
+    model: str
+    task: str
+    hyperparameters: dict[str, Any] = Field(description="Resolved as the job would get them.")
+    examples_per_epoch: int
+    steps: int = Field(description="Optimiser steps in all.")
+    trained_tokens: int
+    parameters: int = Field(description="Parameters of the base model.")
+    training_flops: float
+    estimated_seconds: dict[str, float] = Field(description="Per device kind: datasheet GPUs, and the devices "
+                                                            "this project's jobs ran on (measured).")
+    basis: dict[str, str] = Field(description="How each device kind's seconds were estimated.")
+
+
+class JobMetrics(BaseModel):
+    """A job's per-step series, oldest first."""
+
+    object: Literal["list"] = "list"
+    job_id: str
+    data: list[dict[str, Any]] = Field(description="One point per step: `step` and the values logged at it "
+                                                   "(train_loss, learning_rate, eval_* …).")

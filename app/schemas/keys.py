@@ -6,8 +6,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.db.models import ApiKey
-from app.services.keys import KEY_PREFIX
 
 TEN_YEARS_S = 10 * 365 * 86400
 
@@ -32,11 +30,6 @@ class KeyObject(BaseModel):
     created_at: int
     expires_at: int | None
     revoked_at: int | None
-
-    @classmethod
-    def of(cls, key: ApiKey) -> "KeyObject":
-        return cls(id=key.id, name=key.name, scope=key.scope, redacted_value=f"{KEY_PREFIX}…{key.last4 or '????'}",
-                   created_at=key.created_at, expires_at=key.expires_at, revoked_at=key.revoked_at)
 
 
 class CreatedKey(KeyObject):

@@ -45,8 +45,8 @@ def tokens_per_row(planned) -> tuple[float, float]:
     one that cannot do a single row is refused with what to change."""
     from transformers import AutoTokenizer
 
-    task, hp = planned.task, planned.hyperparameters
-    plan = task.plan_with_options(planned.plan, hp)
+    task, hyperparameters = planned.task, planned.hyperparameters
+    plan = task.plan_with_options(planned.plan, hyperparameters)
     tokenizer = task.prepare_tokenizer(AutoTokenizer.from_pretrained(str(planned.base.path)), plan)
     path = get_storage().local_path(planned.train.storage_key)
     settings = get_settings()
@@ -63,7 +63,7 @@ def tokens_per_row(planned) -> tuple[float, float]:
             batch = {key: [row[key] for row in canonical] for key in canonical[0]}
             batch["line"] = [line for line, _ in chunk]  # so a row the template fails on can be named
             try:
-                encoded = task.tokenize(batch, tokenizer, plan, int(hp["max_seq_length"]))
+                encoded = task.tokenize(batch, tokenizer, plan, int(hyperparameters["max_seq_length"]))
             except TemplateLimitError as exc:
                 if exc.limit in ("total_time", "total_output") and done:
                     break  # estimated from the rows done within the budget
@@ -100,16 +100,17 @@ def measured_rates(session: Session, project_id: str) -> dict[str, float]:
 
 
 def estimate(session: Session, project, planned) -> dict[str, Any]:
-    hp = planned.hyperparameters
+    hyperparameters = planned.hyperparameters
     train_rows = planned.train.rows - hyperparams.holdout_rows(planned.train.rows, planned.valid is not None)
     examples_per_row, row_tokens = tokens_per_row(planned)
-    epochs = int(hp["n_epochs"])
+    epochs = int(hyperparameters["n_epochs"])
     trained_tokens = int(row_tokens * train_rows * epochs)
-    steps = hyperparams.total_steps(round(examples_per_row * train_rows), hp)
+    steps = hyperparams.total_steps(round(examples_per_row * train_rows), hyperparameters)
     eval_rows = planned.valid.rows if planned.valid is not None else planned.train.rows - train_rows
-    evaluations = (steps // int(hp["eval_every"]) + 1) if hp.get("eval_every") and eval_rows else 0
+    every = hyperparameters.get("eval_every")
+    evaluations = (steps // int(every) + 1) if every and eval_rows else 0
     parameters = parameter_count(planned.base.path)
-    flops = training_flops(parameters, trained_tokens, bool(hp.get("adapter"))) \
+    flops = training_flops(parameters, trained_tokens, bool(hyperparameters.get("adapter"))) \
         + 2 * parameters * row_tokens * eval_rows * evaluations
     seconds, basis = {}, {}
     for kind, peak in DATASHEET_PEAKS.items():
@@ -120,6 +121,7 @@ def estimate(session: Session, project, planned) -> dict[str, Any]:
         seconds[device] = round(flops / rate, 1)
         basis[device] = "measured: median of this project's recent jobs on this device"
     return {"object": "fine_tuning.job.estimate", "model": planned.body.model, "task": planned.task.name,
-            "hyperparameters": hp, "examples_per_epoch": round(examples_per_row * train_rows), "steps": steps,
+            "hyperparameters": hyperparameters, "examples_per_epoch": round(examples_per_row * train_rows),
+            "steps": steps,
             "trained_tokens": trained_tokens, "parameters": parameters, "training_flops": flops,
             "estimated_seconds": seconds, "basis": basis}

@@ -13,16 +13,16 @@ from starlette.concurrency import run_in_threadpool
 
 from app.db.engine import session_scope
 from app.db.models import Job, JobEvent
-from app.db.transitions import TERMINAL
+from app.jobs.states import TERMINAL
 from app.schemas.jobs import EventObject
 from app.services.quotas import StreamSlot
 
 
 def _fetch(job_id: str, after_seq: int, limit: int = 500) -> tuple[list[dict], str]:
-    with session_scope() as s:
-        events = s.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.seq > after_seq)
+    with session_scope() as session:
+        events = session.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.seq > after_seq)
                            .order_by(JobEvent.seq).limit(limit)).all()
-        status = s.scalar(select(Job.status).where(Job.id == job_id))
+        status = session.scalar(select(Job.status).where(Job.id == job_id))
         return [EventObject.model_validate(e, from_attributes=True).model_dump() for e in events], status
 
 

@@ -11,13 +11,15 @@ from starlette.concurrency import run_in_threadpool
 
 from app.config import get_settings
 from app.data.scan import FORMATS, ScanLimits, iter_records, scan_file
+from app.db.engine import after_commit
 from app.db.models import File, Job
-from app.db.transitions import TERMINAL
 from app.errors import ApiError, not_found
 from app.ids import new_id
+from app.jobs.naming import file_key
+from app.jobs.states import TERMINAL
 from app.ml.tasks import detect_task
 from app.services.keys import ProjectRef
-from app.storage import LocalStorage, TooLarge
+from app.storage import Storage, TooLarge
 
 PURPOSES = ("fine-tune",)
 # A preview shows what a file holds, not all of it: a response stays small whatever the cells are.
@@ -26,12 +28,12 @@ PREVIEW_MAX_ITEMS = 50
 PREVIEW_MAX_TOTAL = 1_000_000  # characters and items in all rows shown; past it, no further row is added
 
 
-async def ingest(session: Session, storage: LocalStorage, project: ProjectRef, upload: BinaryIO, filename: str,
+async def ingest(session: Session, storage: Storage, project: ProjectRef, upload: BinaryIO, filename: str,
                  purpose: str, max_bytes: int, limits: ScanLimits | None = None) -> File:
     if purpose not in PURPOSES:
         raise ApiError(400, f"purpose must be one of: {', '.join(PURPOSES)}.", param="purpose")
     file_id = new_id("file")  # time-ordered: lists page by id
-    key = f"files/{project.id}/{file_id}"
+    key = file_key(project.id, file_id)
     try:
         blob = await storage.save_upload(key, upload, max_bytes)
     except TooLarge:
@@ -85,7 +87,7 @@ def list_files(session: Session, project: ProjectRef, after: str | None, limit: 
     return list(session.scalars(query.order_by(File.id.desc()).limit(limit + 1)))
 
 
-def delete_file(session: Session, storage: LocalStorage, project: ProjectRef, file_id: str) -> None:
+def delete_file(session: Session, storage: Storage, project: ProjectRef, file_id: str) -> None:
     record = get_file(session, project, file_id)
     in_use = session.scalar(select(Job.id).where(
         or_(Job.training_file == file_id, Job.validation_file == file_id), Job.status.not_in(TERMINAL)).limit(1))
@@ -94,13 +96,14 @@ def delete_file(session: Session, storage: LocalStorage, project: ProjectRef, fi
                             "wait for it to end.", param="file_id", code="file_in_use")
     session.delete(record)
     session.flush()
-    storage.delete(record.storage_key)
+    after_commit(session, lambda: storage.delete(record.storage_key))  # the bytes go once the row has
 
 
-def preview(storage: LocalStorage, record: File, limit: int, limits: ScanLimits | None = None) -> list[dict[str, Any]]:
+def preview(storage: Storage, record: File, limit: int, limits: ScanLimits | None = None) -> list[dict[str, Any]]:
     if record.format not in FORMATS:
         return []
-    rows = iter_records(storage.local_path(record.storage_key), record.format, limits or ScanLimits.from_settings(get_settings()))
+    rows = iter_records(storage.local_path(record.storage_key), record.format,
+                        limits or ScanLimits.from_settings(get_settings()))
     shown: list[dict[str, Any]] = []
     size = [0]  # characters and items shown so far
     for row in itertools.islice(rows, limit):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -11,26 +10,15 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.db.models import Checkpoint, FineTunedModel, Job
 from app.errors import ApiError, bad_request, not_found
-from app.ml.base_models import list_base_models
+from app.ml.base_models import BaseModel, list_base_models
 from app.services.keys import ProjectRef
 
 
-def base_model_object(model) -> dict[str, Any]:
-    return {"id": model.id, "object": "model", "created": 0, "owned_by": "system", "kind": "base",
-            "model_type": model.model_type, "fine_tunable": model.usable, "problem": model.problem}
-
-
-def fine_tuned_object(model: FineTunedModel) -> dict[str, Any]:
-    return {"id": model.id, "object": "model", "created": model.created_at, "owned_by": model.project_id,
-            "kind": "fine-tuned", "base_model": model.base_model, "task": model.task, "job_id": model.job_id,
-            "bytes": model.bytes}
-
-
-def list_models(session: Session, settings: Settings, project: ProjectRef) -> list[dict[str, Any]]:
-    base = [base_model_object(m) for m in list_base_models(settings).values()]
+def list_models(session: Session, settings: Settings, project: ProjectRef) -> list[BaseModel | FineTunedModel]:
+    """The base models on offer, then the project's fine-tuned ones, newest first."""
     tuned = session.scalars(select(FineTunedModel).where(FineTunedModel.project_id == project.id)
                             .order_by(FineTunedModel.created_at.desc()))
-    return base + [fine_tuned_object(m) for m in tuned]
+    return [*list_base_models(settings).values(), *tuned]
 
 
 def get_fine_tuned(session: Session, project: ProjectRef, model_id: str) -> FineTunedModel | None:
@@ -38,13 +26,13 @@ def get_fine_tuned(session: Session, project: ProjectRef, model_id: str) -> Fine
     return model if model is not None and model.project_id == project.id else None
 
 
-def get_model(session: Session, settings: Settings, project: ProjectRef, model_id: str) -> dict[str, Any]:
+def get_model(session: Session, settings: Settings, project: ProjectRef, model_id: str) -> BaseModel | FineTunedModel:
     tuned = get_fine_tuned(session, project, model_id)
     if tuned:
-        return fine_tuned_object(tuned)
+        return tuned
     base = list_base_models(settings).get(model_id)
     if base:
-        return base_model_object(base)
+        return base
     raise not_found("model", model_id, "model")
 
 

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.config import Settings, get_settings
-from app.db import transitions as st
+from app.jobs import states
 from app.db.models import File, FineTunedModel, Job
 from app.errors import over_quota
 from app.services.keys import ProjectRef
@@ -32,7 +32,7 @@ QUOTAS: dict[str, str] = {
     "requests_per_s": "prediction and completion requests per second (per API process; 0: unlimited)",
     "api_keys": "active API keys",
 }
-ACTIVE = (st.VALIDATING, st.QUEUED, st.RUNNING, st.PAUSED)
+ACTIVE = (states.VALIDATING, states.QUEUED, states.RUNNING, states.PAUSED)
 HOW_TO_RAISE = "The operator can raise it (`finetune quota set`)."
 
 

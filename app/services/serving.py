@@ -18,7 +18,7 @@ from app.ml.inference import LoadedModel, ModelCache
 from app.ml.tasks import FieldProblem
 from app.services import models as registry
 from app.services.keys import ProjectRef
-from app.storage import LocalStorage
+from app.storage import Storage
 
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def unload(cache: ModelCache, batchers: Batchers, model_ids: list[str]) -> None:
         forget(model_id)
 
 
-async def load(settings: Settings, storage: LocalStorage, project: ProjectRef, cache: ModelCache,
+async def load(settings: Settings, storage: Storage, project: ProjectRef, cache: ModelCache,
                model_id: str) -> LoadedModel:
     with _locations_lock:
         found = _locations.get((project.id, model_id))

@@ -1,72 +1,25 @@
-"""Webhooks: a project's endpoints, the outbox, and message signing.
-
-* :func:`create_endpoint` registers a receiver: an http(s) URL whose host is not on the operator's own
-  network (see :mod:`app.services.outbound`), at most ``FT_QUOTA_WEBHOOK_ENDPOINTS`` per project.
-* :func:`record_job_event` writes one ``WebhookDelivery`` row per subscribed endpoint in the *caller's*
-  transaction, so a job's terminal state and its notifications commit (or roll back) together. It never
-  touches the network.
-* Delivery — the dispatcher that empties the outbox — is :mod:`app.services.webhook_delivery`.
-
-Messages are signed as Standard Webhooks specifies: headers ``webhook-id``, ``webhook-timestamp`` and
-``webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`` keyed with the base64-decoded
-part of the ``whsec_…`` secret.
-"""
+"""Webhook endpoints of a project, the API's verbs: register (an http(s) URL whose host is not on the
+operator's own network — app.webhooks.outbound — at most ``FT_QUOTA_WEBHOOK_ENDPOINTS`` per project), list,
+retrieve, delete. What is sent to them is written by app.jobs.notifications and delivered, signed, by
+app.webhooks.delivery."""
 
 from __future__ import annotations
-
-import base64
-import hashlib
-import hmac
-import logging
-import secrets
-import time
-from typing import Any
 
 import httpx
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from app.config import Settings, get_settings
-from app.db.models import Job, Project, WebhookDelivery, WebhookEndpoint
+from app.db.models import Project, WebhookDelivery, WebhookEndpoint
 from app.errors import bad_request, not_found, over_quota
-from app.ids import new_id
-from app.services import outbound, quotas
+from app.jobs.notifications import EVENT_TYPES, prefixed_id
+from app.services import quotas
 from app.services.keys import ProjectRef
+from app.webhooks import outbound
+from app.webhooks.signing import new_secret
 
-log = logging.getLogger(__name__)
-
-EVENT_TYPES: tuple[str, ...] = ("fine_tuning.job.succeeded", "fine_tuning.job.failed", "fine_tuning.job.cancelled")
-_TERMINAL = ("succeeded", "failed", "cancelled")
-
-PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
-MAX_BACKOFF_S = 3600.0
 MAX_URL_CHARS = 2000
 
-
-def _prefixed_id(prefix: str) -> str:
-    # new_id's time-ordered body, with the underscore these ids use (whep_…, msg_…).
-    return new_id(prefix).replace("-", "_", 1)
-
-
-# --- signing -------------------------------------------------------------------------------------------
-
-def new_secret() -> str:
-    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
-
-
-def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
-    """The ``webhook-signature`` header value for one message."""
-    key = base64.b64decode(secret.removeprefix("whsec_"))
-    mac = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(mac).decode()
-
-
-def backoff_s(attempts: int, base: float) -> float:
-    """Wait after the ``attempts``-th failed attempt: base, 2·base, 4·base, … capped at one hour."""
-    return min(base * 2 ** max(attempts - 1, 0), MAX_BACKOFF_S)
-
-
-# --- endpoints (the API's verbs) -----------------------------------------------------------------------
 
 def _check_url(url: str, settings: Settings) -> str:
     """The URL to store, or a 400 naming ``url`` and saying what to change."""
@@ -129,7 +82,7 @@ def create_endpoint(session: Session, project: ProjectRef, url: str, events: lis
     _enforce_endpoint_quota(session, project, settings, with_new=False)
     url, events = _check_url(url, settings), _check_events(events)  # no lock is held while resolving
     session.execute(select(Project.id).where(Project.id == project.id).with_for_update())
-    endpoint = WebhookEndpoint(id=_prefixed_id("whep"), project_id=project.id, url=url, secret=new_secret(),
+    endpoint = WebhookEndpoint(id=prefixed_id("whep"), project_id=project.id, url=url, secret=new_secret(),
                                events=events, description=description)
     session.add(endpoint)
     session.flush()
@@ -157,33 +110,4 @@ def delete_endpoint(session: Session, project: ProjectRef, endpoint_id: str) -> 
     session.execute(delete(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint.id)
                     .execution_options(synchronize_session=False))
     session.delete(endpoint)
-    session.flush()
-
-
-# --- the outbox ----------------------------------------------------------------------------------------
-
-def record_job_event(session: Session, job: Job) -> None:
-    """Queue ``fine_tuning.job.<status>`` for every endpoint of the job's project subscribed to it.
-
-    Call it in the transaction that made the job terminal, with ``job`` showing the new status (after
-    ``st.move``, which updates SQL only, ``session.refresh(job)`` first). Adds rows; never commits, never
-    does network I/O. A job that is not terminal is logged and ignored."""
-    if job.status not in _TERMINAL:
-        log.warning("record_job_event: job %s is %s, not terminal; no webhook queued", job.id, job.status)
-        return
-    event_type = f"fine_tuning.job.{job.status}"
-    endpoints = session.scalars(select(WebhookEndpoint).where(WebhookEndpoint.project_id == job.project_id))
-    created_at = int(time.time())
-    for endpoint in endpoints:
-        if event_type not in (endpoint.events or []):
-            continue
-        msg_id = _prefixed_id("msg")
-        payload: dict[str, Any] = {
-            "id": msg_id, "object": "event", "type": event_type, "created_at": created_at,
-            "data": {"id": job.id, "status": job.status, "fine_tuned_model": job.fine_tuned_model,
-                     "error": job.error},
-        }
-        session.add(WebhookDelivery(id=msg_id, endpoint_id=endpoint.id, event_type=event_type, payload=payload,
-                                    status=PENDING, attempts=0, next_attempt_at=time.time(),
-                                    created_at=created_at))
     session.flush()

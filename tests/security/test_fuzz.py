@@ -1,7 +1,7 @@
 """Property-based fuzzing of the live API (PostgreSQL, Redis, a real worker) from its OpenAPI document:
 every operation, authenticated, with valid and invalid generated input. No answer may be a server error
-or break the schema. A short run here; `python -m bench.fuzz` runs ≥ 1,000 cases (figures in the
-README)."""
+or break the schema. A short run here; `python -m bench.fuzz` runs ≥ 1,000 cases (figures in
+bench/RESULTS.md)."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ within bounds, so one tenant's slow receivers cannot hold up another tenant's no
   project)``, on SQLite and PostgreSQL alike), skipping projects whose deliveries in flight are at that limit.
 * Each row is claimed with a conditional UPDATE before it is sent (two replicas never send one message
   twice; a claim outlasts the longest a delivery may take), POSTed through the guarded client of
-  :mod:`app.services.outbound` within a total timeout (``FT_WEBHOOK_TIMEOUT_S``, connect to last byte),
+  :mod:`app.webhooks.outbound` within a total timeout (``FT_WEBHOOK_TIMEOUT_S``, connect to last byte),
   and its outcome recorded, with backoff after a failure.
 * Deliveries run as tasks of one asyncio loop, at most ``FT_WEBHOOK_CONCURRENCY`` at once: a slow receiver
   holds one slot, never the dispatcher, which starts other projects' deliveries meanwhile (at the latest
@@ -36,8 +36,9 @@ from sqlalchemy import func, select, update
 from app.config import Settings, get_settings
 from app.db.engine import session_scope
 from app.db.models import WebhookDelivery, WebhookEndpoint
-from app.services import outbound
-from app.services.webhooks import DELIVERED, FAILED, PENDING, backoff_s, sign
+from app.jobs.notifications import DELIVERED, FAILED, PENDING
+from app.webhooks import outbound
+from app.webhooks.signing import backoff_s, sign
 
 log = logging.getLogger(__name__)
 

@@ -31,11 +31,11 @@ class IllegalTransition(ValueError):
     pass
 
 
-def move(session: Session, job_id: str, frm: str | frozenset[str], to: str, **fields: Any) -> bool:
-    """Move ``job_id`` from ``frm`` (one status or a set) to ``to``, setting ``fields`` too.
+def move(session: Session, job_id: str, from_status: str | frozenset[str], to: str, **fields: Any) -> bool:
+    """Move ``job_id`` from ``from_status`` (one status or a set) to ``to``, setting ``fields`` too.
 
-    Returns False when the job was not in ``frm`` any more (someone else moved it first)."""
-    sources = frozenset({frm}) if isinstance(frm, str) else frm
+    Returns False when the job was not in ``from_status`` any more (someone else moved it first)."""
+    sources = frozenset({from_status}) if isinstance(from_status, str) else from_status
     for source in sources:
         if to not in ALLOWED[source]:
             raise IllegalTransition(f"{source} → {to} is not a legal job transition")

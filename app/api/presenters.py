@@ -1,0 +1,67 @@
+"""Rows as the API shows them: the one place that turns ORM objects into response schemas (the schemas know
+no ORM, the ORM knows no schemas)."""
+
+from __future__ import annotations
+
+from app.db.models import ApiKey, Checkpoint, File, FineTunedModel, Job, JobEvent, WebhookEndpoint
+from app.ml.base_models import BaseModel
+from app.schemas.files import FileObject, Validation
+from app.schemas.jobs import CheckpointObject, EventObject, JobError, JobObject, Progress
+from app.schemas.keys import KeyObject
+from app.schemas.models import ModelObject
+from app.schemas.webhooks import WebhookEndpointObject, WebhookEndpointSummary
+from app.services.keys import KEY_PREFIX
+
+
+def file_object(record: File) -> FileObject:
+    errors = record.validation.get("errors") if record.status == "error" else None
+    details = errors[0]["message"] if errors else None
+    return FileObject(id=record.id, bytes=record.bytes, created_at=record.created_at, filename=record.filename,
+                      purpose=record.purpose, status=record.status, status_details=details,
+                      format=record.format, rows=record.rows, columns=record.columns, sha256=record.sha256,
+                      detected_task=record.detected_task, detected_column_mapping=record.detected_column_mapping,
+                      validation=Validation(**record.validation))
+
+
+def job_object(job: Job) -> JobObject:
+    return JobObject(
+        id=job.id, model=job.model, created_at=job.created_at, finished_at=job.finished_at, status=job.status,
+        error=JobError(**job.error) if job.error else None, fine_tuned_model=job.fine_tuned_model,
+        hyperparameters=job.hyperparameters, method=job.method, organization_id=job.project_id,
+        result_files=job.result_files or [], seed=job.seed, trained_tokens=job.trained_tokens,
+        training_file=job.training_file, validation_file=job.validation_file, metadata=job.metadata_,
+        estimated_finish=job.estimated_finish, user_provided_suffix=job.suffix, task=job.task,
+        column_mapping=job.column_mapping, progress=Progress(**job.progress) if job.progress else None,
+        metrics=job.metrics, attempt=job.attempt)
+
+
+def event_object(event: JobEvent) -> EventObject:
+    return EventObject.model_validate(event, from_attributes=True)
+
+
+def checkpoint_object(checkpoint: Checkpoint) -> CheckpointObject:
+    return CheckpointObject(id=checkpoint.id, created_at=checkpoint.created_at,
+                            fine_tuned_model_checkpoint=checkpoint.model_id, fine_tuning_job_id=checkpoint.job_id,
+                            metrics=checkpoint.metrics, step_number=checkpoint.step)
+
+
+def key_object(key: ApiKey) -> KeyObject:
+    return KeyObject(id=key.id, name=key.name, scope=key.scope, redacted_value=f"{KEY_PREFIX}…{key.last4 or '????'}",
+                     created_at=key.created_at, expires_at=key.expires_at, revoked_at=key.revoked_at)
+
+
+def webhook_summary(endpoint: WebhookEndpoint) -> WebhookEndpointSummary:
+    return WebhookEndpointSummary(id=endpoint.id, url=endpoint.url, events=list(endpoint.events or []),
+                                  description=endpoint.description or "", created_at=endpoint.created_at)
+
+
+def webhook_object(endpoint: WebhookEndpoint) -> WebhookEndpointObject:
+    return WebhookEndpointObject(**webhook_summary(endpoint).model_dump(), secret=endpoint.secret)
+
+
+def model_object(model: BaseModel | FineTunedModel) -> ModelObject:
+    if isinstance(model, FineTunedModel):
+        return ModelObject(id=model.id, created=model.created_at, owned_by=model.project_id, kind="fine-tuned",
+                           base_model=model.base_model, task=model.task, job_id=model.job_id, bytes=model.bytes)
+    return ModelObject(id=model.id, created=0, owned_by="system", kind="base", model_type=model.model_type,
+                       fine_tunable=model.usable, problem=model.problem)

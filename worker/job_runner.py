@@ -1,0 +1,162 @@
+"""The only Celery-aware code: take a turn (claim the job the scheduler names), run the pure training core,
+record the outcome. What a job is — its names, states, claims and results — is the job domain's
+(app.jobs); how it trains is the training core's (worker/training.py)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+import traceback
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from celery.utils.log import get_task_logger
+from sqlalchemy import select
+
+from app.config import Settings, get_settings
+from app.data.limits import ScanLimits
+from app.db.engine import session_scope
+from app.db.models import File, FineTunedModel, Job
+from app.errors import redact_paths
+from app.jobs import naming, states
+from app.jobs.lifecycle import transition
+from app.jobs.method import supervised_method
+from app.jobs.queue import RUN_JOB
+from app.jobs.results import write_metrics_csv
+from app.jobs.scheduling import claim_next
+from app.ml.base_models import list_base_models
+from app.storage import Storage, get_storage
+from worker.celery_app import celery_app
+from worker.reporting import DatabaseReporter, Heartbeat
+
+log = get_task_logger(__name__)
+
+
+@celery_app.task(name=RUN_JOB)
+def run_job(message_job_id: str) -> str:
+    settings = get_settings()
+    worker_id = f"{socket.gethostname()}:{os.getpid()}"
+    job = claim_next(message_job_id, worker_id, settings.lease_seconds)
+    if job is None:
+        log.info("no queued job for the turn of %s; nothing to do", message_job_id)
+        return "skipped"
+    try:
+        with Heartbeat(job.id, settings.lease_seconds):
+            return _run_claimed(job, settings)
+    except Exception as exc:  # any failure ends as a failed job with an error a user can read
+        from worker.training import TrainingError
+
+        if isinstance(exc, TrainingError):
+            error = {"code": exc.code, "message": redact_paths(exc.message)}
+        else:
+            log.error("job %s failed:\n%s", job.id, traceback.format_exc())
+            error = {"code": "training_failed",
+                     "message": redact_paths(f"Training failed: {type(exc).__name__}: {str(exc)[:500]}")}
+        _finish(job.id, states.FAILED, f"Job failed: {error['message']}", level="error", error=error)
+        return "failed"
+
+
+def _finish(job_id: str, to: str, message: str, level: str = "info", **fields: Any) -> None:
+    with session_scope() as session:
+        transition(session, job_id, states.RUNNING, to, message, level=level, **fields)
+
+
+def _run_claimed(job: Job, settings: Settings) -> str:
+    from worker.launcher import launch
+    from worker.training import train
+
+    storage = get_storage()
+    training_file, validation_file = _data_files(job, storage, settings)
+    prefix = naming.checkpoints_prefix(job.project_id, job.id)
+    # What an earlier attempt stored, maybe on another machine: the next attempt resumes from it.
+    spec = _training_spec(job, settings, storage.pull(prefix))
+    work = settings.data_dir.resolve() / "work" / job.id
+    output = work / "model"
+    shutil.rmtree(work, ignore_errors=True)
+    started = time.monotonic()
+    try:
+        run = train if job.devices == 1 else partial(launch, devices=job.devices)
+        outcome = run(spec, training_file, validation_file, output, DatabaseReporter(job, prefix), work_dir=work,
+                      progress_interval_s=settings.progress_interval_s)
+        if outcome.stopped == "cancel":
+            _finish(job.id, states.CANCELLED, "Job cancelled.", trained_tokens=outcome.trained_tokens)
+            return "cancelled"
+        if outcome.stopped == "pause":
+            _finish(job.id, states.PAUSED, f"Job paused at step {outcome.steps}; resume it with POST "
+                                           f"/v1/fine_tuning/jobs/{job.id}/resume.", pause_requested=False)
+            return "paused"
+        return _register_model(job, outcome, output, storage, time.monotonic() - started)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        storage.release(prefix)  # stored already: an object store's cache needs no copy
+
+
+def _data_files(job: Job, storage: Storage, settings: Settings):
+    """The job's training and validation files as the core reads them, read with the limits they were
+    scanned with; a file deleted since the job was created fails it, saying which."""
+    from worker.training import DataFile, TrainingError
+
+    wanted = [job.training_file] + ([job.validation_file] if job.validation_file else [])
+    with session_scope() as session:
+        files = {f.id: f for f in session.scalars(select(File).where(File.id.in_(wanted)))}
+
+    def data(file_id: str | None) -> DataFile | None:
+        if not file_id:
+            return None
+        record = files.get(file_id)
+        if record is None:
+            raise TrainingError("file_not_found", f"File {file_id} was deleted before training.")
+        if not storage.exists(record.storage_key):
+            raise TrainingError("file_not_found", f"File {file_id} is missing from storage; upload it again and "
+                                "create a new job.")
+        return DataFile(storage.local_path(record.storage_key), record.format, sha256=record.sha256,
+                        limits=ScanLimits.from_settings(settings))
+
+    return data(job.training_file), data(job.validation_file)
+
+
+def _training_spec(job: Job, settings: Settings, checkpoint_dir: Path):
+    from worker.training import TrainingError, TrainingSpec, latest_checkpoint
+
+    base = list_base_models(settings).get(job.model)
+    if base is None or not base.usable:
+        raise TrainingError("model_not_found", f"Base model '{job.model}' is no longer offered by this deployment.")
+    return TrainingSpec(
+        task=job.task, base_model_path=str(base.path), base_model=job.model, column_mapping=job.column_mapping,
+        plan=job.training_plan, hyperparameters=job.hyperparameters, seed=job.seed,
+        checkpoint_dir=checkpoint_dir, keep_checkpoints=settings.keep_checkpoints,
+        resume_from=latest_checkpoint(checkpoint_dir),
+        token_cache_dir=settings.data_dir.resolve() / "cache" / "tokenized" if settings.token_cache_mb else None,
+        token_cache_bytes=settings.token_cache_mb * 2**20,
+        # Each project's tokenized data apart: a hit must never tell one project that another trained on
+        # the same file.
+        token_cache_namespace=job.project_id,
+        callbacks=settings.trainer_callbacks)
+
+
+def _register_model(job: Job, outcome, output: Path, storage: Storage, seconds: float) -> str:
+    from worker.training import TrainingError
+
+    model_id = naming.fine_tuned_model_id(job.model, job.suffix, job.id)
+    key = naming.model_key(job.project_id, job.id)
+    size = storage.import_dir(key, output)
+    with session_scope() as session:
+        session.add(FineTunedModel(id=model_id, project_id=job.project_id, job_id=job.id, base_model=job.model,
+                                   task=job.task, storage_key=key, bytes=size))
+        session.flush()
+        row = session.get(Job, job.id)
+        results = write_metrics_csv(session, storage, row)
+        final_progress = {**(row.progress or {}), "step": outcome.steps, "total_steps": outcome.steps,
+                          "percent": 100.0, "eta_seconds": 0}
+        hyperparameters = outcome.hyperparameters  # as trained: an out-of-memory retry may have split batches
+        if not transition(session, job.id, states.RUNNING, states.SUCCEEDED,
+                          f"Training finished in {seconds:.0f}s; model {model_id} is ready.",
+                          data={"metrics": outcome.metrics}, fine_tuned_model=model_id,
+                          trained_tokens=outcome.trained_tokens, metrics=outcome.metrics, progress=final_progress,
+                          result_files=[results.id], hyperparameters=hyperparameters,
+                          method=supervised_method(hyperparameters)):
+            raise TrainingError("job_state_changed", "The job was moved by someone else while it trained.")
+    return "succeeded"

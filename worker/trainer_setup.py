@@ -1,0 +1,183 @@
+"""A transformers Trainer put together for one attempt of a job: the model with the task's head (and a
+LoRA adapter), the batch fitted to the device, the training arguments, and the callbacks that report
+progress, evaluations and checkpoints. Part of the pure training core: no Celery, no database."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from app.ml.adapters import wrap
+from worker import runtime
+from worker.callbacks import (CheckpointCallback, DerivedMetricsCallback, LastStepCallback, ProgressCallback,
+                              Reporter)
+
+
+@dataclass
+class Attempt:
+    """What one attempt of a job trains with, besides its spec."""
+
+    task: Any
+    tokenizer: Any
+    hyperparameters: dict[str, Any]  # resolved for this machine; an out-of-memory retry edits the split
+    data: Any  # worker.preparation.Prepared
+    reporter: Reporter
+    work_dir: Path
+    progress_interval_s: float
+    callbacks: list  # operators' callbacks (FT_TRAINER_CALLBACKS) and a caller's own
+    distributed: bool
+
+
+def build_trainer(spec, attempt: Attempt):
+    """The Trainer for ``attempt``, and its progress callback (which knows whether a stop was asked)."""
+    import torch
+
+    model = _model(spec, attempt)
+    on_gpu = torch.cuda.is_available()
+    hyperparameters = attempt.hyperparameters
+    collator = attempt.task.collator(attempt.tokenizer, model, pad_to_multiple_of=8 if on_gpu else None,
+                                     packing_length=int(hyperparameters["max_seq_length"])
+                                     if hyperparameters.get("packing") else None)
+    if "gradient_accumulation_steps" not in spec.hyperparameters:
+        runtime.fit_batch_to_memory(hyperparameters, model, attempt.data.train, collator, attempt.reporter)
+    attempt.reporter.hyperparameters(hyperparameters)
+    args = training_arguments(spec, attempt, on_gpu)
+    callbacks, progress = _callbacks(spec, attempt, args)
+    trainer_class = _in_order_evaluation(_trainer_class(attempt.task))
+
+    def compute_metrics(predictions):
+        return attempt.task.metrics(predictions.predictions, predictions.label_ids, spec.plan,
+                                    features=attempt.data.eval, tokenizer=attempt.tokenizer)
+
+    trainer = trainer_class(model=model, args=args, train_dataset=attempt.data.train, eval_dataset=attempt.data.eval,
+                            processing_class=attempt.tokenizer, data_collator=collator,
+                            compute_metrics=compute_metrics if attempt.task.metrics_from_predictions else None,
+                            callbacks=callbacks)
+    return trainer, progress
+
+
+def _model(spec, attempt: Attempt):
+    """The base model with the task's head, set up for training, and wrapped in a LoRA adapter if asked."""
+    task, hyperparameters, reporter = attempt.task, attempt.hyperparameters, attempt.reporter
+    model = task.load_model(spec.base_model_path, spec.plan)
+    model.config.ft_max_seq_length = int(hyperparameters["max_seq_length"])
+    if hasattr(model.config, "use_cache"):
+        model.config.use_cache = False  # a cache is for generation; in training it only costs memory
+    if hyperparameters.get("packing"):
+        from app.ml.packing import packing_works
+
+        if not packing_works(model, model.config.vocab_size):
+            hyperparameters["packing"] = False
+            reporter.event(f"Packing is off: this architecture ({model.config.model_type}) does not keep packed "
+                           "examples apart, so each example gets a padded row of its own.", level="warning")
+    if hyperparameters.get("adapter"):
+        model = wrap(model, hyperparameters["adapter"], task.peft_task_type)
+        trainable, total = model.get_nb_trainable_parameters()
+        reporter.event(f"LoRA adapter: training {trainable:,} of {total:,} parameters "
+                       f"({100 * trainable / total:.2f}%).",
+                       data={"trainable_parameters": trainable, "total_parameters": total})
+    return model
+
+
+def _schedule(spec, attempt: Attempt) -> tuple[bool, bool, bool]:
+    """Whether this attempt evaluates, checkpoints and stops early."""
+    hyperparameters = attempt.hyperparameters
+    evaluating = attempt.data.eval is not None and bool(hyperparameters.get("eval_every"))
+    checkpointing = spec.checkpoint_dir is not None and bool(hyperparameters.get("checkpoint_every"))
+    early_stopping = evaluating and checkpointing and bool(hyperparameters.get("early_stopping_patience"))
+    return evaluating, checkpointing, early_stopping
+
+
+def training_arguments(spec, attempt: Attempt, on_gpu: bool):
+    """One TrainingArguments call, an argument a line (hence its length): every choice the job made,
+    resolved for this machine, as transformers takes it."""
+    from transformers import Seq2SeqTrainingArguments, TrainingArguments
+
+    hyperparameters = attempt.hyperparameters
+    evaluating, checkpointing, early_stopping = _schedule(spec, attempt)
+    generating = attempt.task.evaluates_generations
+    extra = {"predict_with_generate": True, "generation_max_length": int(spec.plan["max_target_length"])} \
+        if generating else {}
+    workers = int(hyperparameters["dataloader_workers"])
+    batch = int(hyperparameters["per_device_batch_size"])
+    return (Seq2SeqTrainingArguments if generating else TrainingArguments)(
+        **extra,
+        label_names=list(attempt.task.label_names),
+        output_dir=str(spec.checkpoint_dir or attempt.work_dir / "trainer"),
+        per_device_train_batch_size=batch,
+        per_device_eval_batch_size=batch * 2,
+        gradient_accumulation_steps=int(hyperparameters["gradient_accumulation_steps"]),
+        num_train_epochs=float(hyperparameters["n_epochs"]),
+        learning_rate=float(hyperparameters["learning_rate"]),
+        weight_decay=float(hyperparameters["weight_decay"]),
+        warmup_steps=float(hyperparameters["warmup_ratio"]),  # transformers 5: a float below 1 is a ratio of steps
+        lr_scheduler_type=hyperparameters["lr_scheduler"],
+        optim=hyperparameters["optimizer"],
+        bf16=hyperparameters["precision"] == "bf16",
+        fp16=hyperparameters["precision"] == "fp16",
+        tf32=True if hyperparameters["tf32"] else None,
+        torch_compile=bool(hyperparameters["torch_compile"]),
+        # Rows of similar length share a batch, so dynamic padding wastes little.
+        train_sampling_strategy="group_by_length" if hyperparameters["group_by_length"] else "random",
+        dataloader_num_workers=workers,
+        dataloader_persistent_workers=workers > 0,
+        dataloader_prefetch_factor=4 if workers else None,
+        dataloader_pin_memory=on_gpu,
+        logging_steps=10,
+        eval_strategy="steps" if evaluating else "no",
+        eval_steps=int(hyperparameters["eval_every"]) if evaluating else None,
+        save_strategy="steps" if checkpointing else "no",
+        save_steps=int(hyperparameters["checkpoint_every"]) if checkpointing else None,
+        save_total_limit=spec.keep_checkpoints if checkpointing else None,
+        load_best_model_at_end=early_stopping,
+        metric_for_best_model="eval_loss" if early_stopping else None,
+        greater_is_better=False if early_stopping else None,
+        report_to="none",
+        disable_tqdm=True,
+        seed=spec.seed,
+        data_seed=spec.seed,
+        use_cpu=not on_gpu,
+        ddp_find_unused_parameters=False if attempt.distributed else None,
+        # transformers would multiply every loss by the process count, expecting it to be divided by a
+        # token count gathered from all processes; classification heads ignore that count, which would
+        # double their gradients on two processes. DDP's gradient mean is the right scale for all tasks.
+        average_tokens_across_devices=False,
+    )
+
+
+def _callbacks(spec, attempt: Attempt, args) -> tuple[list, ProgressCallback]:
+    from transformers import EarlyStoppingCallback
+
+    from worker.training import service_config  # training imports this module
+
+    _, _, early_stopping = _schedule(spec, attempt)
+    samples_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
+    progress = ProgressCallback(attempt.reporter, samples_per_step,
+                                attempt.data.tokens_per_epoch / len(attempt.data.train), attempt.progress_interval_s)
+    callbacks = [DerivedMetricsCallback(attempt.task), *([] if early_stopping else [LastStepCallback()]), progress,
+                 CheckpointCallback(attempt.reporter, progress, service_config(spec, attempt.hyperparameters)),
+                 *attempt.callbacks]
+    if early_stopping:
+        patience = int(attempt.hyperparameters["early_stopping_patience"])
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=patience))
+    return callbacks, progress
+
+
+def _trainer_class(task):
+    from transformers import Seq2SeqTrainer, Trainer
+
+    return Seq2SeqTrainer if task.evaluates_generations else Trainer
+
+
+def _in_order_evaluation(trainer_class):
+    """The trainer class, evaluating rows in dataset order. transformers groups evaluation batches by
+    length too (a shuffled order) when training does; tasks that map predictions back to their rows
+    (QA windows → examples) need the order of the dataset they were given."""
+    from torch.utils.data import SequentialSampler
+
+    class InOrderEvaluation(trainer_class):
+        def _get_eval_sampler(self, eval_dataset):
+            return SequentialSampler(eval_dataset) if eval_dataset is not None else None
+
+    return InOrderEvaluation
