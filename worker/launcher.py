@@ -53,6 +53,9 @@ class FileReporter:
     def hyperparameters(self, resolved):
         self._write("hyperparameters", resolved=resolved)
 
+    def baseline(self, metric, metrics, note):
+        self._write("baseline", metric=metric, metrics=metrics, note=note)
+
 
 def _free_port() -> int:
     with socket.socket() as probe:
@@ -91,7 +94,9 @@ def launch(spec, train_file, valid_file, output_dir: Path, reporter: Reporter, w
             result = json.loads(outcome_path.read_text()) if outcome_path.exists() else None
             if result and "error" in result:
                 raise TrainingError(result["error"]["code"], result["error"]["message"])
-            if returncode == 0 and result is not None:
+            if result is not None and (returncode == 0 or result.get("stopped")):
+                # A stop was agreed by every process at one step (a pause's checkpoint is written by
+                # then), so the first process's outcome stands even if another one then exited badly.
                 return TrainingOutcome(**result)
             if not (folder / OUT_OF_MEMORY).exists() or relay.resolved is None:
                 tail = (folder / PROCESS_LOG).read_text(errors="replace")[-1500:]
@@ -175,7 +180,7 @@ def _main(folder: Path) -> None:
 
     job = json.loads((folder / "job.json").read_text())
     spec_fields = job["spec"]
-    for key in ("checkpoint_dir", "resume_from", "token_cache_dir"):
+    for key in ("checkpoint_dir", "resume_from", "token_cache_dir", "init_adapter"):
         spec_fields[key] = Path(spec_fields[key]) if spec_fields.get(key) else None
     spec = TrainingSpec(**spec_fields)
     files = [DataFile(**{**f, "path": Path(f["path"]), "limits": ScanLimits(**f["limits"])}) if f else None
@@ -194,6 +199,18 @@ def _main(folder: Path) -> None:
         raise
     if first:
         (folder / OUTCOME).write_text(json.dumps(result, default=str))
+    if "error" not in result:  # an error may be one process's alone: no one would come to the barrier
+        _leave_together()
+
+
+def _leave_together() -> None:
+    """Every process waits for the others before it exits: one that left first would close its
+    connections under another still finishing its last collective call, which then fails."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
