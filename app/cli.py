@@ -17,7 +17,7 @@ import sys
 
 import typer
 
-from app.cli_admin import keys_cli, quota_cli
+from app.cli_admin import import_model, keys_cli, quota_cli
 from app.config import get_settings
 
 # Longer than the idle time of client connection pools (httpx: 5 s), so the server never closes a
@@ -145,6 +145,7 @@ def create_key(project: str = typer.Option("default", help="Project (tenant) the
 
 cli.add_typer(keys_cli, name="keys")
 cli.add_typer(quota_cli, name="quota")
+cli.command("import-model")(import_model)
 
 
 def main() -> None:

@@ -1,10 +1,13 @@
-"""Operator commands for tenants: `finetune keys …` and `finetune quota …`. They work on the database
-directly (no API key needed: whoever runs them holds the deployment's settings)."""
+"""Operator commands: `finetune keys …` and `finetune quota …` for tenants, `finetune import-model` for
+base models. They work on the database and the models folder directly (no API key needed: whoever
+runs them holds the deployment's settings)."""
 
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -31,7 +34,7 @@ def _project_or_exit(session, name: str):
 
 
 def _when(timestamp: int | None) -> str:
-    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d %H:%M UTC") if timestamp else "-"
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M UTC") if timestamp else "-"
 
 
 def issue(project: str, scope: str, name: str, expires_in_days: float | None) -> None:
@@ -103,7 +106,7 @@ def show(project: str = typer.Option("default")) -> None:
 
 
 @quota_cli.command("set")
-def set_(values: list[str] = typer.Argument(..., help="NAME=VALUE pairs, e.g. active_jobs=200 files=5000"),
+def set_(values: Annotated[list[str], typer.Argument(help="NAME=VALUE pairs, e.g. active_jobs=200 files=5000")],
          project: str = typer.Option("default")) -> None:
     """Override quotas of one project. API processes apply it within FT_AUTH_CACHE_S."""
     from app.services.quotas import check_override
@@ -123,10 +126,32 @@ def set_(values: list[str] = typer.Argument(..., help="NAME=VALUE pairs, e.g. ac
 
 
 @quota_cli.command("reset")
-def reset(names: list[str] = typer.Argument(None, help="Quotas to reset (default: all)."),
+def reset(names: Annotated[list[str] | None, typer.Argument(help="Quotas to reset (default: all).")] = None,
           project: str = typer.Option("default")) -> None:
     """Back to the deployment's defaults."""
     with _prepared() as session:
         row = _project_or_exit(session, project)
         row.quotas = {k: v for k, v in (row.quotas or {}).items() if names and k not in names}
     show(project)
+
+
+def import_model(file: Annotated[Path, typer.Argument(help="The .gguf file to convert.")],
+                 name: Annotated[str, typer.Option("--name", help="Model id to offer it as: name or org/name.")],
+                 dtype: Annotated[str, typer.Option(help="float32 (exact dequantized weights) or bfloat16 "
+                                                         "(half the size).")] = "float32",
+                 force: Annotated[bool, typer.Option("--force", help="Replace a base model of that name.")] = False,
+                 ) -> None:
+    """Convert a GGUF file into a base model: safetensors, config and tokenizer under FT_BASE_MODELS_DIR/NAME.
+
+    Jobs can use it at once as `model`; the folder appears only once it is complete."""
+    from app.config import get_settings
+    from app.ml.gguf_import import GgufImportError, import_gguf
+
+    models_dir = get_settings().resolved_base_models_dir
+    try:
+        folder = import_gguf(file, name, models_dir, dtype=dtype, force=force)
+    except GgufImportError as exc:
+        typer.echo(f"import-model: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"Imported {file} into {folder}")
+    typer.echo(f"Model id: {name}")

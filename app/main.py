@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api import completions, files, health, jobs, keys, models, webhooks
+from app.api import completions, evaluations, files, health, jobs, keys, models, webhooks
 from app.api.gate import Gate
 from app.config import Settings, get_settings
 from app.api.errors import install_error_handlers
@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(Gate, max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes)
     serving_routers = (health, models, completions)
     for module in serving_routers if settings.serve_mode == "predictions" else \
-            (health, files, jobs, models, completions, webhooks, keys):
+            (health, files, jobs, evaluations, models, completions, webhooks, keys):
         app.include_router(module.router)
     logging.getLogger("app").setLevel(logging.INFO)
     return app

@@ -41,5 +41,9 @@ if "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
         | grep -E "^(bert-base|run|service|hand-tuned)" || echo "(did not finish in 240 s)"
 fi
 
+echo "== QLoRA (bench/qlora_check.py): the same LoRA job on a ~300M decoder, bf16 base vs 4-bit NF4 base"
+timeout 180 "$PY" -m bench.qlora_check 2>&1 | grep -E "^(device|run|bf16|4-bit|stored|no CUDA|QLoRA|[A-Za-z.]*Error)" \
+    || echo "(failed or did not finish in 180 s)"
+
 echo "== serving benchmark (bench/serving.py)"
 "$PY" -m bench.serving --seconds "$SECONDS_PER_LEVEL" 2>&1 | grep -E "^(load generator|device|clients| +[0-9]+ )"

@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 WHEELS=(
-  transformers==5.24.0 huggingface_hub==2.4.0 datasets==5.2.0 peft==0.21.2 dill==0.4.1 multiprocess==0.70.19
+  transformers==5.24.0 huggingface_hub==2.4.0 datasets==5.2.0 peft==0.21.2 trl==1.16.0 dill==0.4.1 multiprocess==0.70.19
   nltk==3.10.4
   fastapi==0.165.0 starlette==1.10.0 annotated-doc==0.0.7 uvicorn==0.54.0 python-multipart==0.0.34
   sse-starlette==3.7.0 pydantic==2.14.4 pydantic_core==2.50.5 pydantic-settings==2.16.3 annotated-types==0.8.0
@@ -26,6 +26,34 @@ rm -rf .whl && mkdir -p .whl
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl "${WHEELS[@]}"
+# QLoRA (bench/qlora_check.py): bitsandbytes, whose wheel holds a native library for every CUDA, ROCm and
+# XPU release (43 MB), over what a carry may hold beside the rest (64 MiB in all). Only the libraries for
+# the image's CUDA 13 torch (cu130; cu132 for a newer image) and the CPU one are kept, RECORD to match.
+BNB_CUDA=${BNB_CUDA:-"130 132"}
+"$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_24_x86_64 -d .whl bitsandbytes==0.50.2
+BNB_CUDA="$BNB_CUDA" "$PY" - <<'PY'
+import os, re, zipfile
+from pathlib import Path
+
+keep = {"cpu", *(f"cuda{v}" for v in os.environ["BNB_CUDA"].split())}
+wheel = next(Path(".whl").glob("bitsandbytes-*.whl"))
+slim = wheel.with_suffix(".slim")
+with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(slim, "w", zipfile.ZIP_DEFLATED) as out:
+    def wanted(name):
+        native = re.fullmatch(r"bitsandbytes/libbitsandbytes_(\w+)\.so", name)
+        return native is None or native.group(1) in keep
+    for info in src.infolist():
+        if not wanted(info.filename):
+            continue
+        data = src.read(info)
+        if info.filename.endswith(".dist-info/RECORD"):
+            data = "".join(line for line in data.decode().splitlines(keepends=True)
+                           if wanted(line.split(",", 1)[0])).encode()
+        out.writestr(info, data)
+slim.replace(wheel)
+print(f"bitsandbytes: kept {', '.join(sorted(keep))} ({wheel.stat().st_size / 2**20:.1f} MiB)")
+PY
 # Published as source only, and pure Python: built into wheels here.
 "$PY" -m pip wheel -q --no-deps -w .whl seqeval==1.2.2 rouge_score==0.1.2
 

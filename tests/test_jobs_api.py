@@ -129,7 +129,10 @@ def test_bad_hyperparameters(client, sentiment, hyperparameters, param):
 
 def test_bad_fields(client, sentiment):
     _refused(client, {"model": "tiny/bert", "training_file": sentiment, "suffix": "no spaces/slashes"}, "suffix")
-    _refused(client, {"model": "tiny/bert", "training_file": sentiment, "method": {"type": "dpo"}}, "method.type")
+    _refused(client, {"model": "tiny/bert", "training_file": sentiment, "method": {"type": "reinforcement"}},
+             "method.type")
+    # DPO is offered, on preference pairs only.
+    _refused(client, {"model": "tiny/bert", "training_file": sentiment, "method": {"type": "dpo"}}, "training_file")
     _refused(client, {"training_file": sentiment}, "model")
     _refused(client, {"model": "tiny/bert", "training_file": sentiment, "colum_mapping": {}}, "colum_mapping")
     response = client.post(JOBS, content=b"{not json", headers={"content-type": "application/json"})

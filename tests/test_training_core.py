@@ -102,7 +102,8 @@ def test_trainer_callbacks_by_import_path(base_models_dir, tmp_path):
     assert "tests.support.faults:NoSuchCallback" in failure.value.message and "FT_TRAINER_CALLBACKS" in failure.value.message
 
 
-@pytest.mark.parametrize(("every", "evaluations", "checkpoints"), [(32, 3, [32, 64]), (39, 2, [39, 78])])
+# One more evaluation than the schedule's: the base model's, at step 0 (the "before" of before → after).
+@pytest.mark.parametrize(("every", "evaluations", "checkpoints"), [(32, 4, [32, 64]), (39, 3, [39, 78])])
 def test_the_final_model_is_evaluated_once_and_not_checkpointed_twice(base_models_dir, tmp_path, every,
                                                                       evaluations, checkpoints):
     """transformers would evaluate and checkpoint after the last step on top of its schedule, and the

@@ -28,6 +28,9 @@ class Reporter(Protocol):
     def hyperparameters(self, resolved: dict[str, Any]) -> None:
         """The hyperparameters as this machine runs them (batch split, precision, compile…)."""
 
+    def baseline(self, metric: str, metrics: dict[str, float], note: str | None) -> None:
+        """The evaluation before the first step, ``metric`` its headline, ``note`` what it stands for."""
+
 
 class NullReporter:
     """For running the core alone (benchmarks, tests)."""
@@ -45,6 +48,9 @@ class NullReporter:
         pass
 
     def hyperparameters(self, resolved):
+        pass
+
+    def baseline(self, metric, metrics, note):
         pass
 
 

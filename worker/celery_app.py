@@ -3,7 +3,11 @@ id and nothing else; SQL holds the truth about the job. Only the worker imports 
 
 from __future__ import annotations
 
+import logging
+import os
+
 from celery import Celery
+from celery.signals import worker_init
 
 from app.config import get_settings
 from app.jobs.queue import RUN_JOB, broker_options
@@ -24,3 +28,20 @@ celery_app.conf.update(
     task_ignore_result=True,
     broker_connection_max_retries=None,  # a broker restart is waited out, never fatal to a worker
 )
+
+
+@worker_init.connect
+def _preload_training_libraries(**_) -> None:
+    """Imports the training stack once, in the worker's main process before its pool forks: every job
+    runs in a fresh child (above), which then starts with them loaded instead of importing them again
+    (5 s per job on an idle 2-core machine, 15 s on a busy one). Importing initialises no CUDA, and
+    the NVML check keeps availability probes from doing so, so the children can still use the GPUs."""
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    import peft  # noqa: F401
+    import torch
+    import transformers  # noqa: F401
+    from transformers import Trainer  # noqa: F401  (transformers imports lazily: the Trainer's modules)
+    from trl import DPOTrainer  # noqa: F401
+
+    if torch.cuda.is_initialized():  # a fork would leave the children an unusable CUDA context
+        logging.getLogger(__name__).warning("CUDA was initialised while preloading; jobs may fail to use the GPU.")

@@ -9,6 +9,7 @@ import shutil
 import socket
 import time
 import traceback
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,14 @@ from app.data.limits import ScanLimits
 from app.db.engine import session_scope
 from app.db.models import File, FineTunedModel, Job
 from app.errors import redact_paths
-from app.jobs import naming, states
+from app.jobs import improvement, naming, states
 from app.jobs.lifecycle import transition
-from app.jobs.method import supervised_method
+from app.jobs.method import method_object, method_type
 from app.jobs.queue import RUN_JOB
 from app.jobs.results import write_metrics_csv
 from app.jobs.scheduling import claim_next
-from app.ml.base_models import list_base_models
+from app.jobs.sources import SourceProblem, find_source
+from app.ml.artifacts import SERVICE_CONFIG
 from app.storage import Storage, get_storage
 from worker.celery_app import celery_app
 from worker.reporting import DatabaseReporter, Heartbeat
@@ -65,6 +67,10 @@ def _finish(job_id: str, to: str, message: str, level: str = "info", **fields: A
 
 
 def _run_claimed(job: Job, settings: Settings) -> str:
+    if job.kind == "evaluation":  # POST /v1/evaluations: scored, not trained; it records its own outcome
+        from worker.evaluation_runner import run_evaluation
+
+        return run_evaluation(job, settings)
     from worker.launcher import launch
     from worker.training import train
 
@@ -72,7 +78,8 @@ def _run_claimed(job: Job, settings: Settings) -> str:
     training_file, validation_file = _data_files(job, storage, settings)
     prefix = naming.checkpoints_prefix(job.project_id, job.id)
     # What an earlier attempt stored, maybe on another machine: the next attempt resumes from it.
-    spec = _training_spec(job, settings, storage.pull(prefix))
+    start = _starting_point(job, settings, storage)
+    spec = _training_spec(job, settings, storage.pull(prefix), start)
     work = settings.data_dir.resolve() / "work" / job.id
     output = work / "model"
     shutil.rmtree(work, ignore_errors=True)
@@ -92,6 +99,8 @@ def _run_claimed(job: Job, settings: Settings) -> str:
     finally:
         shutil.rmtree(work, ignore_errors=True)
         storage.release(prefix)  # stored already: an object store's cache needs no copy
+        if start.storage_key:
+            storage.release(start.storage_key)
 
 
 def _data_files(job: Job, storage: Storage, settings: Settings):
@@ -118,14 +127,42 @@ def _data_files(job: Job, storage: Storage, settings: Settings):
     return data(job.training_file), data(job.validation_file)
 
 
-def _training_spec(job: Job, settings: Settings, checkpoint_dir: Path):
-    from worker.training import TrainingError, TrainingSpec, latest_checkpoint
+@dataclass(frozen=True)
+class _Start:
+    """Where a job's weights come from: a base folder, or a fine-tuned model's (pulled from storage)."""
 
-    base = list_base_models(settings).get(job.model)
-    if base is None or not base.usable:
-        raise TrainingError("model_not_found", f"Base model '{job.model}' is no longer offered by this deployment.")
+    base_model: str  # the base at the root of the lineage
+    model_path: Path  # what the task loads: the base, or a full fine-tuned model's own folder
+    init_adapter: Path | None = None  # a LoRA parent's adapter, loaded onto model_path
+    storage_key: str | None = None  # the parent's weights, released after the job
+    continues: bool = False
+
+
+def _starting_point(job: Job, settings: Settings, storage: Storage) -> _Start:
+    from worker.training import TrainingError
+
+    with session_scope() as session:
+        try:
+            source = find_source(session, settings, job.project_id, job.model)
+        except SourceProblem as problem:
+            raise TrainingError(problem.code, f"{problem.message} (It was there when the job was created.)"
+                                ) from None
+    if source.is_base:
+        return _Start(source.base.id, source.base.path)
+    if not storage.exists(source.storage_key + "/" + SERVICE_CONFIG):
+        raise TrainingError("model_not_found", f"The weights of '{job.model}' are missing from storage.")
+    weights = storage.pull(source.storage_key)
+    if source.adapter is not None:
+        return _Start(source.base.id, source.base.path, weights, source.storage_key, continues=True)
+    return _Start(source.base.id, weights, None, source.storage_key, continues=True)
+
+
+def _training_spec(job: Job, settings: Settings, checkpoint_dir: Path, start: _Start):
+    from worker.training import TrainingSpec, latest_checkpoint
+
     return TrainingSpec(
-        task=job.task, base_model_path=str(base.path), base_model=job.model, column_mapping=job.column_mapping,
+        task=job.task, base_model_path=str(start.model_path), base_model=start.base_model,
+        init_adapter=start.init_adapter, continues=start.continues, column_mapping=job.column_mapping,
         plan=job.training_plan, hyperparameters=job.hyperparameters, seed=job.seed,
         checkpoint_dir=checkpoint_dir, keep_checkpoints=settings.keep_checkpoints,
         resume_from=latest_checkpoint(checkpoint_dir),
@@ -140,11 +177,13 @@ def _training_spec(job: Job, settings: Settings, checkpoint_dir: Path):
 def _register_model(job: Job, outcome, output: Path, storage: Storage, seconds: float) -> str:
     from worker.training import TrainingError
 
-    model_id = naming.fine_tuned_model_id(job.model, job.suffix, job.id)
+    base_model = job.base_model or job.model
+    model_id = naming.fine_tuned_model_id(base_model, job.suffix, job.id)
     key = naming.model_key(job.project_id, job.id)
     size = storage.import_dir(key, output)
     with session_scope() as session:
-        session.add(FineTunedModel(id=model_id, project_id=job.project_id, job_id=job.id, base_model=job.model,
+        session.add(FineTunedModel(id=model_id, project_id=job.project_id, job_id=job.id, base_model=base_model,
+                                   parent=job.model if job.model != base_model else None,
                                    task=job.task, storage_key=key, bytes=size))
         session.flush()
         row = session.get(Job, job.id)
@@ -152,11 +191,15 @@ def _register_model(job: Job, outcome, output: Path, storage: Storage, seconds: 
         final_progress = {**(row.progress or {}), "step": outcome.steps, "total_steps": outcome.steps,
                           "percent": 100.0, "eta_seconds": 0}
         hyperparameters = outcome.hyperparameters  # as trained: an out-of-memory retry may have split batches
+        better = improvement.summary(row.baseline_metrics, outcome.metrics)
         if not transition(session, job.id, states.RUNNING, states.SUCCEEDED,
-                          f"Training finished in {seconds:.0f}s; model {model_id} is ready.",
-                          data={"metrics": outcome.metrics}, fine_tuned_model=model_id,
+                          f"Training finished in {seconds:.0f}s; model {model_id} is ready"
+                          + (f": {better}." if better else "."),
+                          data={"metrics": outcome.metrics,
+                                "evaluation": improvement.evaluation_view(row.baseline_metrics, outcome.metrics)},
+                          fine_tuned_model=model_id,
                           trained_tokens=outcome.trained_tokens, metrics=outcome.metrics, progress=final_progress,
                           result_files=[results.id], hyperparameters=hyperparameters,
-                          method=supervised_method(hyperparameters)):
+                          method=method_object(method_type(job.method), hyperparameters)):
             raise TrainingError("job_state_changed", "The job was moved by someone else while it trained.")
     return "succeeded"

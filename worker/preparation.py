@@ -11,6 +11,7 @@ from typing import Any
 from app.data.scan import ScanLimits, iter_numbered_records
 from app.ml.chat_templates import TemplateError, TemplateLimitError
 from app.ml.hyperparams import holdout_rows
+from app.ml.tasks.preference import PromptTooLong
 from worker.token_cache import TokenCache, cache_key, file_identity, tokenizer_identity
 
 
@@ -52,7 +53,7 @@ def load_rows(data: DataFile, task, column_mapping: dict[str, str], plan: dict[s
                                   cache_dir=str(cache_dir) if cache_dir else None)
 
 
-def _template_failure(exc: TemplateError, file_param: str) -> Exception:
+def template_failure(exc: TemplateError, file_param: str) -> Exception:
     """The job's error for a row its chat template could not render: which line, and why."""
     from worker.training import TrainingError  # training imports this module
 
@@ -60,6 +61,15 @@ def _template_failure(exc: TemplateError, file_param: str) -> Exception:
     if isinstance(exc, TemplateLimitError):
         return TrainingError("chat_template_limit", f"{where}: {exc.message}")
     return TrainingError("chat_template_error", f"{where}: the chat template does not render it: {exc.message}")
+
+
+def _prompt_too_long(exc: PromptTooLong, file_param: str) -> Exception:
+    from worker.training import TrainingError  # training imports this module
+
+    where = f"Line {exc.line} of {file_param}" if exc.line is not None else f"A row of {file_param}"
+    return TrainingError("prompt_too_long", f"{where}: the prompt is {exc.tokens} tokens, which leaves no room for "
+                         f"an answer within max_seq_length {exc.limit}. Raise hyperparameters.max_seq_length, or "
+                         "shorten or remove the row.")
 
 
 def prepare(task, tokenizer, tokenizer_path: str, column_mapping: dict[str, str], plan: dict[str, Any],
@@ -84,13 +94,17 @@ def prepare(task, tokenizer, tokenizer_path: str, column_mapping: dict[str, str]
         def tokenized(rows, file_param: str):
             def encode(batch):
                 out = task.tokenize(batch, tokenizer, plan, max_length)
-                # Lengths for length-grouped batches (the Trainer would otherwise read every row).
-                out["length"] = [len(ids) for ids in out["input_ids"]]
+                # Lengths for length-grouped batches (the Trainer would otherwise read every row); pairs
+                # (DPO) give their own, both sequences counted.
+                if "length" not in out:
+                    out["length"] = [len(ids) for ids in out["input_ids"]]
                 return out
             try:
                 return rows.map(encode, batched=True, remove_columns=rows.column_names)
             except TemplateError as exc:
-                raise _template_failure(exc, file_param) from None
+                raise template_failure(exc, file_param) from None
+            except PromptTooLong as exc:
+                raise _prompt_too_long(exc, file_param) from None
 
         train_set = tokenized(train_rows, "training_file")
         eval_set = tokenized(eval_rows, "validation_file" if valid_file else "training_file") \

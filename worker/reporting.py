@@ -13,9 +13,9 @@ from sqlalchemy import select
 from app.db.engine import session_scope
 from app.db.models import Checkpoint, Job, now
 from app.ids import new_id
-from app.jobs import naming
+from app.jobs import improvement, naming
 from app.jobs.events import append_event
-from app.jobs.method import supervised_method
+from app.jobs.method import method_object, method_type
 from app.jobs.scheduling import renew_lease
 from app.storage import get_storage
 
@@ -54,7 +54,16 @@ class DatabaseReporter:
         with session_scope() as session:
             job = session.get(Job, self.job_id)
             job.hyperparameters = resolved
-            job.method = supervised_method(resolved)
+            job.method = method_object(method_type(job.method), resolved)
+
+    def baseline(self, metric: str, metrics: dict[str, float], note: str | None) -> None:
+        stored = improvement.baseline(metric, metrics, note)
+        with session_scope() as session:
+            session.get(Job, self.job_id).baseline_metrics = stored
+            value = metrics.get(metric)
+            append_event(session, self.job_id, f"Before training: {improvement.label(metric)} "
+                         + (f"{value:.4g}" if isinstance(value, (int, float)) else "not measured")
+                         + (f". {note}" if note else "."), data={"before": stored})
 
     def checkpoint(self, step: int, epoch: float, path: str, metrics: dict[str, Any]) -> None:
         storage = get_storage()

@@ -36,6 +36,30 @@ def resolve_precision(requested: str) -> str:
     return "fp32"
 
 
+def require_quantization_support(hyperparameters: dict[str, Any]) -> None:
+    """Refuse a QLoRA job (adapter.quantization "4bit") at once where it cannot run: bitsandbytes' 4-bit
+    kernels need a CUDA GPU. Failing before any tokenizing or loading names the setting to change; a
+    silent fallback to an unquantized base would need several times the memory the job was sized for."""
+    quantization = (hyperparameters.get("adapter") or {}).get("quantization")
+    if not quantization:
+        return
+    import torch
+    from transformers.utils.import_utils import BITSANDBYTES_MIN_VERSION, is_bitsandbytes_available
+
+    from worker.training import TrainingError  # training imports this module
+
+    if not torch.cuda.is_available():
+        missing = "this worker has no CUDA device"
+    elif not is_bitsandbytes_available():
+        missing = (f"this worker lacks bitsandbytes >= {BITSANDBYTES_MIN_VERSION} "
+                   "(pip install 'finetune-service[gpu]')")
+    else:
+        return
+    raise TrainingError("quantization_unavailable", f"adapter.quantization '{quantization}' needs a CUDA GPU and "
+                        f"the bitsandbytes package; {missing}. Run the job on a GPU worker, or leave "
+                        "adapter.quantization out.")
+
+
 def eager_seconds(training_flops: float, device_name: str, devices: int = 1) -> float:
     """How long a job of ``training_flops`` would train uncompiled on ``devices`` such GPUs."""
     from app.ml.devices import datasheet_peak
@@ -68,7 +92,8 @@ def runtime_choices(hyperparameters: dict[str, Any], task, training_flops: float
         compile_choice = bool(gpu and training_flops and eager_seconds(training_flops, out["device"], out["devices"])
                               >= COMPILE_MIN_SECONDS)
     out["torch_compile"] = bool(compile_choice)
-    if "packing" in task.default_hyperparameters:
+    # A supervised text-generation choice; DPO jobs (they have a beta) train on pairs TRL collates.
+    if "packing" in task.default_hyperparameters and "beta" not in hyperparameters:
         out["packing"] = bool(hyperparameters.get("packing", True))
     # Workers collate the next batches while the GPU runs this one; on CPU they would only take
     # cores from the matmuls.
@@ -111,6 +136,8 @@ def worst_case_batches(model, dataset, collator, largest: int) -> Callable[[int]
     longest = np.argsort(-np.asarray(data_lengths(dataset)), kind="stable")[:largest].tolist()
     forward = (model.get_base_model() if hasattr(model, "get_base_model") else model).forward
     accepted = set(inspect.signature(forward).parameters) | {"labels"}
+    # A collator that builds the model inputs from other columns (DPO pairs) names them itself.
+    accepted = set(getattr(collator, "columns", ())) or accepted
     columns = [c for c in dataset.column_names if c in accepted]
     worst = dataset.select(longest)
     return lambda size: collator([{k: worst[i][k] for k in columns} for i in range(min(size, len(worst)))])

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.ml.adapters import wrap
+from app.ml.adapters import lora_config, prepare_quantized, quantized_load_kwargs, wrap
 from worker import runtime
+from worker.dpo import ProbeCollator, dpo_arguments, dpo_trainer_class, preference_collator
 from worker.callbacks import (CheckpointCallback, DerivedMetricsCallback, LastStepCallback, ProgressCallback,
                               Reporter)
 
@@ -29,38 +30,64 @@ class Attempt:
     distributed: bool
 
 
+def is_dpo(spec) -> bool:
+    return spec.plan.get("method") == "dpo"
+
+
 def build_trainer(spec, attempt: Attempt):
     """The Trainer for ``attempt``, and its progress callback (which knows whether a stop was asked)."""
     import torch
 
-    model = _model(spec, attempt)
+    dpo = is_dpo(spec)
+    # TRL puts a new DPO adapter on itself (it then takes the adapter switched off as the reference).
+    model = _model(spec, attempt, wrap_adapter=not dpo)
     on_gpu = torch.cuda.is_available()
     hyperparameters = attempt.hyperparameters
-    collator = attempt.task.collator(attempt.tokenizer, model, pad_to_multiple_of=8 if on_gpu else None,
-                                     packing_length=int(hyperparameters["max_seq_length"])
-                                     if hyperparameters.get("packing") else None)
+    pad_to = 8 if on_gpu else None
+    if dpo:
+        collator = preference_collator(attempt.tokenizer, int(hyperparameters["max_seq_length"]), pad_to)
+    else:
+        collator = attempt.task.collator(attempt.tokenizer, model, pad_to_multiple_of=pad_to,
+                                         packing_length=int(hyperparameters["max_seq_length"])
+                                         if hyperparameters.get("packing") else None)
     if "gradient_accumulation_steps" not in spec.hyperparameters:
-        runtime.fit_batch_to_memory(hyperparameters, model, attempt.data.train, collator, attempt.reporter)
+        runtime.fit_batch_to_memory(hyperparameters, model, attempt.data.train,
+                                    ProbeCollator(collator) if dpo else collator, attempt.reporter)
     attempt.reporter.hyperparameters(hyperparameters)
     args = training_arguments(spec, attempt, on_gpu)
     callbacks, progress = _callbacks(spec, attempt, args)
-    trainer_class = _in_order_evaluation(_trainer_class(attempt.task))
+    common = {"args": args, "train_dataset": attempt.data.train, "eval_dataset": attempt.data.eval,
+              "processing_class": attempt.tokenizer, "data_collator": collator, "callbacks": callbacks}
+    if dpo:
+        adapter = hyperparameters.get("adapter")
+        # A new adapter is put on by TRL (peft_config); a continued one is on the model already.
+        new_adapter = adapter and spec.init_adapter is None
+        trainer = dpo_trainer_class(in_order_evaluation(trainer_class(attempt.task, dpo=True)))(
+            model=model, peft_config=lora_config(adapter, attempt.task.peft_task_type) if new_adapter else None,
+            **common)
+        if new_adapter:
+            _report_adapter(trainer.model, attempt.reporter)
+        return trainer, progress
 
     def compute_metrics(predictions):
         return attempt.task.metrics(predictions.predictions, predictions.label_ids, spec.plan,
                                     features=attempt.data.eval, tokenizer=attempt.tokenizer)
 
-    trainer = trainer_class(model=model, args=args, train_dataset=attempt.data.train, eval_dataset=attempt.data.eval,
-                            processing_class=attempt.tokenizer, data_collator=collator,
-                            compute_metrics=compute_metrics if attempt.task.metrics_from_predictions else None,
-                            callbacks=callbacks)
+    trainer = in_order_evaluation(trainer_class(attempt.task))(
+        model=model, compute_metrics=compute_metrics if attempt.task.metrics_from_predictions else None, **common)
     return trainer, progress
 
 
-def _model(spec, attempt: Attempt):
+def _model(spec, attempt: Attempt, wrap_adapter: bool = True):
     """The base model with the task's head, set up for training, and wrapped in a LoRA adapter if asked."""
     task, hyperparameters, reporter = attempt.task, attempt.hyperparameters, attempt.reporter
-    model = task.load_model(spec.base_model_path, spec.plan)
+    # QLoRA (adapter.quantization "4bit"): the base loads in 4-bit NF4 on the GPU and is readied for an
+    # adapter on top; train() refused the job earlier where there is no CUDA or bitsandbytes. Empty for
+    # every other job, which loads as before.
+    quantized = quantized_load_kwargs(hyperparameters)
+    model = task.load_model(spec.base_model_path, spec.plan, **quantized)
+    if quantized:
+        model = prepare_quantized(model, hyperparameters)
     model.config.ft_max_seq_length = int(hyperparameters["max_seq_length"])
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = False  # a cache is for generation; in training it only costs memory
@@ -71,13 +98,23 @@ def _model(spec, attempt: Attempt):
             hyperparameters["packing"] = False
             reporter.event(f"Packing is off: this architecture ({model.config.model_type}) does not keep packed "
                            "examples apart, so each example gets a padded row of its own.", level="warning")
-    if hyperparameters.get("adapter"):
+    if spec.init_adapter is not None:
+        # The parent's adapter, trainable again. Under DPO, TRL keeps a frozen copy of it as the
+        # reference ("ref"): the policy starts where the parent ended, and is measured against it.
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(spec.init_adapter), is_trainable=True)
+        _report_adapter(model, reporter)
+    elif hyperparameters.get("adapter") and wrap_adapter:
         model = wrap(model, hyperparameters["adapter"], task.peft_task_type)
-        trainable, total = model.get_nb_trainable_parameters()
-        reporter.event(f"LoRA adapter: training {trainable:,} of {total:,} parameters "
-                       f"({100 * trainable / total:.2f}%).",
-                       data={"trainable_parameters": trainable, "total_parameters": total})
+        _report_adapter(model, reporter)
     return model
+
+
+def _report_adapter(model, reporter: Reporter) -> None:
+    trainable, total = model.get_nb_trainable_parameters()
+    reporter.event(f"LoRA adapter: training {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%).",
+                   data={"trainable_parameters": trainable, "total_parameters": total})
 
 
 def _schedule(spec, attempt: Attempt) -> tuple[bool, bool, bool]:
@@ -96,14 +133,18 @@ def training_arguments(spec, attempt: Attempt, on_gpu: bool):
 
     hyperparameters = attempt.hyperparameters
     evaluating, checkpointing, early_stopping = _schedule(spec, attempt)
-    generating = attempt.task.evaluates_generations
+    dpo = is_dpo(spec)
+    generating = attempt.task.evaluates_generations and not dpo
+    arguments_class = Seq2SeqTrainingArguments if generating else TrainingArguments
     extra = {"predict_with_generate": True, "generation_max_length": int(spec.plan["max_target_length"])} \
         if generating else {}
+    if dpo:
+        arguments_class, extra = dpo_arguments(hyperparameters, on_gpu)
     workers = int(hyperparameters["dataloader_workers"])
     batch = int(hyperparameters["per_device_batch_size"])
-    return (Seq2SeqTrainingArguments if generating else TrainingArguments)(
+    return arguments_class(
         **extra,
-        label_names=list(attempt.task.label_names),
+        label_names=[] if dpo else list(attempt.task.label_names),  # pairs have no labels column
         output_dir=str(spec.checkpoint_dir or attempt.work_dir / "trainer"),
         per_device_train_batch_size=batch,
         per_device_eval_batch_size=batch * 2,
@@ -155,7 +196,9 @@ def _callbacks(spec, attempt: Attempt, args) -> tuple[list, ProgressCallback]:
     samples_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
     progress = ProgressCallback(attempt.reporter, samples_per_step,
                                 attempt.data.tokens_per_epoch / len(attempt.data.train), attempt.progress_interval_s)
-    callbacks = [DerivedMetricsCallback(attempt.task), *([] if early_stopping else [LastStepCallback()]), progress,
+    # Perplexity from loss is the task's derived metric; a DPO loss is no language-model loss.
+    derived = [] if is_dpo(spec) else [DerivedMetricsCallback(attempt.task)]
+    callbacks = [*derived, *([] if early_stopping else [LastStepCallback()]), progress,
                  CheckpointCallback(attempt.reporter, progress, service_config(spec, attempt.hyperparameters)),
                  *attempt.callbacks]
     if early_stopping:
@@ -164,19 +207,23 @@ def _callbacks(spec, attempt: Attempt, args) -> tuple[list, ProgressCallback]:
     return callbacks, progress
 
 
-def _trainer_class(task):
+def trainer_class(task, dpo: bool = False):
     from transformers import Seq2SeqTrainer, Trainer
 
+    if dpo:
+        from trl import DPOTrainer
+
+        return DPOTrainer
     return Seq2SeqTrainer if task.evaluates_generations else Trainer
 
 
-def _in_order_evaluation(trainer_class):
+def in_order_evaluation(base):
     """The trainer class, evaluating rows in dataset order. transformers groups evaluation batches by
     length too (a shuffled order) when training does; tasks that map predictions back to their rows
     (QA windows → examples) need the order of the dataset they were given."""
     from torch.utils.data import SequentialSampler
 
-    class InOrderEvaluation(trainer_class):
+    class InOrderEvaluation(base):
         def _get_eval_sampler(self, eval_dataset):
             return SequentialSampler(eval_dataset) if eval_dataset is not None else None
 

@@ -21,7 +21,8 @@ from worker import runtime
 from worker.callbacks import NullReporter, Reporter
 from worker.preparation import DataFile, EmptyTrainingFile, prepare
 from worker.token_cache import TokenCache
-from worker.trainer_setup import Attempt, build_trainer
+from worker.dpo import BEFORE_TRAINING
+from worker.trainer_setup import Attempt, build_trainer, is_dpo
 
 __all__ = ["DataFile", "TrainingSpec", "TrainingError", "TrainingOutcome", "train", "latest_checkpoint"]
 
@@ -41,6 +42,10 @@ class TrainingSpec:
     keep_checkpoints: int = 3
     resume_from: Path | None = None
     base_model: str = ""  # the base model's id, written next to the weights for serving
+    # Training on from a fine-tuned LoRA model: its adapter folder, loaded trainable onto the base. (A
+    # full model trained on needs nothing here: base_model_path is then that model's own folder.)
+    init_adapter: Path | None = None
+    continues: bool = False  # from a fine-tuned model or checkpoint: its head is trained, not new
     # Where tokenized datasets are kept between jobs (None: not kept), and how much of the disk they may use.
     token_cache_dir: Path | None = None
     token_cache_bytes: int = 10 * 2**30
@@ -88,6 +93,7 @@ def train(spec: TrainingSpec, train_file: DataFile, valid_file: DataFile | None,
           extra_callbacks: list | None = None) -> TrainingOutcome:
     from transformers import set_seed
 
+    runtime.require_quantization_support(spec.hyperparameters)  # before any work: QLoRA needs a CUDA GPU
     reporter = reporter or NullReporter()
     work_dir = work_dir or output_dir.parent / f"{output_dir.name}.work"
     task = get_task(spec.task)
@@ -97,7 +103,8 @@ def train(spec: TrainingSpec, train_file: DataFile, valid_file: DataFile | None,
     tokenizer, data = _prepared_data(spec, task, train_file, valid_file, work_dir, reporter)
     requested = spec.hyperparameters
     flops = training_flops(parameter_count(Path(spec.base_model_path)),
-                           data.tokens_per_epoch * float(requested["n_epochs"]), bool(requested.get("adapter")))
+                           data.tokens_per_epoch * float(requested["n_epochs"]), bool(requested.get("adapter")),
+                           reference=is_dpo(spec))
     attempt = Attempt(task, tokenizer, runtime.runtime_choices(requested, task, training_flops=flops), data, reporter,
                       work_dir, progress_interval_s, callbacks, _distributed())
     trainer, progress, result = _fit(spec, attempt)
@@ -149,9 +156,13 @@ def _fit(spec: TrainingSpec, attempt: Attempt):
     """Trains to the end, or to a stop asked for. On running out of GPU memory, starts again from the
     newest checkpoint with half the per-device batch (and twice the accumulation)."""
     resume_from = spec.resume_from
+    measured_before = resume_from is not None  # a resumed job measured its "before" on its first run
     while True:
         try:
             trainer, progress = build_trainer(spec, attempt)
+            if not measured_before:
+                _evaluate_before_training(trainer, progress, spec, attempt)
+                measured_before = True
             if resume_from is not None:
                 name = Path(resume_from).name  # the folder's name only: where the worker keeps it is its own
                 attempt.reporter.event(f"Resuming from checkpoint {name}.", data={"step": int(name.rsplit("-", 1)[1])})
@@ -163,6 +174,34 @@ def _fit(spec: TrainingSpec, attempt: Attempt):
             if not is_out_of_memory(exc) or attempt.distributed:
                 raise
             resume_from = _recover_from_oom(spec, attempt.hyperparameters, attempt.reporter) or resume_from
+
+
+def _evaluate_before_training(trainer, progress, spec: TrainingSpec, attempt: Attempt) -> None:
+    """The model's score before the first step, on the evaluation rows: the "before" of the job's
+    "before → after". Evaluated for real, except under DPO, where it is known (worker/dpo.py)."""
+    if attempt.data.eval is None:
+        return
+    task, reporter = attempt.task, attempt.reporter
+    if is_dpo(spec):
+        metric, metrics = "eval_reward_accuracy", dict(BEFORE_TRAINING)
+        note = ("Before training the policy is its own reference, so every pair ties: reward accuracy 0.5 "
+                "(chance), margin 0, loss ln 2.")
+        reporter.event("Before training: " + _listed(metrics), type="metrics", data={"step": 0, **metrics})
+    else:
+        metric = task.headline_metric
+        # Reported by the progress callback like any evaluation, as step 0 of the metrics series.
+        metrics = {k: float(v) for k, v in trainer.evaluate().items()
+                   if isinstance(v, (int, float)) and not k.endswith(("_runtime", "_per_second")) and k != "epoch"}
+        note = (f"The {task.name} head is new (untrained) before the first step, so this is chance level."
+                if task.head_is_new and not spec.continues else None)
+        # The training's own "latest evaluation" starts with its first scheduled one.
+        progress.latest.clear()
+        progress.last_evaluation = None
+    reporter.baseline(metric, metrics, note)
+
+
+def _listed(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k.removeprefix('eval_')}={v:.4f}" for k, v in metrics.items())
 
 
 def _final_metrics(trainer, progress, result, attempt: Attempt) -> dict[str, float]:
@@ -199,8 +238,10 @@ def _save(trainer, tokenizer, hyperparameters: dict[str, Any], spec: TrainingSpe
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = True  # training ran without a key/value cache; generation wants one
     # save_pretrained rather than trainer.save_model: the latter adds training_args.bin, a pickle, and
-    # everything this service hands out is safetensors + JSON. A peft model saves its adapter only.
-    model.save_pretrained(str(output_dir), safe_serialization=True)
+    # everything this service hands out is safetensors + JSON. A peft model saves its adapter only: the
+    # trained one, not the frozen copy DPO may keep of it as its reference.
+    extra = {"selected_adapters": ["default"]} if "ref" in (getattr(model, "peft_config", None) or {}) else {}
+    model.save_pretrained(str(output_dir), safe_serialization=True, **extra)
     tokenizer.save_pretrained(str(output_dir))
     (output_dir / SERVICE_CONFIG).write_text(json.dumps(service_config(spec, hyperparameters, outcome.metrics),
                                                         indent=2))

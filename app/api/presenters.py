@@ -4,7 +4,9 @@ no ORM, the ORM knows no schemas)."""
 from __future__ import annotations
 
 from app.db.models import ApiKey, Checkpoint, File, FineTunedModel, Job, JobEvent, WebhookEndpoint
+from app.jobs import improvement
 from app.ml.base_models import BaseModel
+from app.schemas.evaluations import EvaluationObject
 from app.schemas.files import FileObject, Validation
 from app.schemas.jobs import CheckpointObject, EventObject, JobError, JobObject, Progress
 from app.schemas.keys import KeyObject
@@ -32,7 +34,8 @@ def job_object(job: Job) -> JobObject:
         training_file=job.training_file, validation_file=job.validation_file, metadata=job.metadata_,
         estimated_finish=job.estimated_finish, user_provided_suffix=job.suffix, task=job.task,
         column_mapping=job.column_mapping, progress=Progress(**job.progress) if job.progress else None,
-        metrics=job.metrics, attempt=job.attempt)
+        metrics=job.metrics, attempt=job.attempt, base_model=job.base_model or job.model,
+        evaluation=improvement.evaluation_view(job.baseline_metrics, job.metrics))
 
 
 def event_object(event: JobEvent) -> EventObject:
@@ -62,6 +65,17 @@ def webhook_object(endpoint: WebhookEndpoint) -> WebhookEndpointObject:
 def model_object(model: BaseModel | FineTunedModel) -> ModelObject:
     if isinstance(model, FineTunedModel):
         return ModelObject(id=model.id, created=model.created_at, owned_by=model.project_id, kind="fine-tuned",
-                           base_model=model.base_model, task=model.task, job_id=model.job_id, bytes=model.bytes)
+                           base_model=model.base_model, task=model.task, job_id=model.job_id, bytes=model.bytes,
+                           parent=model.parent)
     return ModelObject(id=model.id, created=0, owned_by="system", kind="base", model_type=model.model_type,
                        fine_tunable=model.usable, problem=model.problem)
+
+
+def evaluation_object(job: Job) -> EvaluationObject:
+    options = job.hyperparameters or {}
+    return EvaluationObject(id=job.id, model=job.model, base_model=job.base_model or job.model,
+                            reference_model=options.get("reference_model"), file=job.training_file, task=job.task,
+                            status=job.status, metrics=job.metrics, result_files=job.result_files or [],
+                            progress=Progress(**job.progress) if job.progress else None,
+                            error=JobError(**job.error) if job.error else None, note=options.get("note"),
+                            created_at=job.created_at, finished_at=job.finished_at)

@@ -74,11 +74,18 @@ class File(Base):
 class Job(Base):
     __tablename__ = "fine_tuning_jobs"
     __table_args__ = (UniqueConstraint("project_id", "idempotency_key", name="uq_jobs_idempotency"),
-                      Index("ix_fine_tuning_jobs_status_devices", "status", "devices"))
+                      Index("ix_fine_tuning_jobs_status_devices", "status", "devices"),
+                      Index("ix_fine_tuning_jobs_project_kind", "project_id", "kind"))
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    # "fine_tune", or "evaluation" (POST /v1/evaluations): both are queued, scheduled, leased, cancelled
+    # and reported the same way; only what the worker runs differs.
+    kind: Mapped[str] = mapped_column(String(16), default="fine_tune")
+    # The model the job starts from: a base model, or a fine-tuned model or checkpoint of the project
+    # (then ``base_model`` is the base its weights go back to).
     model: Mapped[str] = mapped_column(String(500))
+    base_model: Mapped[str | None] = mapped_column(String(500), nullable=True)
     task: Mapped[str] = mapped_column(String(64))
     # Plain ids, not foreign keys: a finished job keeps naming its files after they are deleted.
     training_file: Mapped[str] = mapped_column(String(64), index=True)
@@ -101,6 +108,8 @@ class Job(Base):
     trained_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # The evaluation before the first step (app.jobs.improvement): the "before" of "before → after".
+    baseline_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     pause_requested: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -140,6 +149,8 @@ class FineTunedModel(Base):
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("fine_tuning_jobs.id"), index=True)
     base_model: Mapped[str] = mapped_column(String(500))
+    # The model it was trained from when that was not the base: a fine-tuned model or checkpoint.
+    parent: Mapped[str | None] = mapped_column(String(700), nullable=True)
     task: Mapped[str] = mapped_column(String(64))
     storage_key: Mapped[str] = mapped_column(String(500))
     bytes: Mapped[int] = mapped_column(BigInteger, default=0)

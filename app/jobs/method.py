@@ -5,5 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 
-def supervised_method(hyperparameters: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}}
+def method_object(kind: str, hyperparameters: dict[str, Any]) -> dict[str, Any]:
+    """``{"type": "dpo", "dpo": {"hyperparameters": {…}}}``, as OpenAI's job objects show it."""
+    return {"type": kind, kind: {"hyperparameters": hyperparameters}}
+
+
+def method_type(method: dict[str, Any] | None) -> str:
+    return (method or {}).get("type") or "supervised"

@@ -38,6 +38,8 @@ def record_job_event(session: Session, job: Job) -> None:
     if job.status not in states.TERMINAL:
         log.warning("record_job_event: job %s is %s, not terminal; no webhook queued", job.id, job.status)
         return
+    if job.kind != "fine_tune":  # evaluations are followed by polling or their event stream
+        return
     event_type = f"fine_tuning.job.{job.status}"
     endpoints = session.scalars(select(WebhookEndpoint).where(WebhookEndpoint.project_id == job.project_id))
     created_at = int(time.time())

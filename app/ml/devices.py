@@ -10,10 +10,11 @@ DATASHEET_PEAKS = {"nvidia-h200": 989e12, "nvidia-h100": 989e12, "nvidia-a100": 
 UNKNOWN_GPU_PEAK = 100e12
 
 
-def training_flops(parameters: int, tokens: float, adapter: bool = False) -> float:
+def training_flops(parameters: int, tokens: float, adapter: bool = False, reference: bool = False) -> float:
     """FLOPs to train on ``tokens``: 6 × parameters per token (forward, and backward for activations and
-    weights); 4 × with an adapter, whose frozen base needs no weight gradients."""
-    return (4 if adapter else 6) * parameters * tokens
+    weights); 4 × with an adapter, whose frozen base needs no weight gradients; 2 × more where a
+    reference model also reads every token (DPO)."""
+    return ((4 if adapter else 6) + (2 if reference else 0)) * parameters * tokens
 
 
 def datasheet_peak(device_name: str) -> float:

@@ -24,6 +24,12 @@ RUNTIME_KEYS = ("gradient_accumulation_steps", "per_device_batch_size", "precisi
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "polynomial", "cosine_with_restarts")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MAX_SEQ_LENGTH_CAP = 256
+# Preference tuning (DPO) moves a policy away from its reference in small steps: the learning rate of
+# supervised training for the same model, scaled down (the DPO paper and TRL train 7B models at 5e-7 to
+# 5e-6, ~10× below their SFT rates), and few epochs, as pairs are fitted (and overfitted) fast.
+DPO_DEFAULTS: dict[str, Any] = {"beta": 0.1}
+DPO_LEARNING_RATE_SCALE = {"full": 0.1, "adapter": 0.25}
+DPO_MAX_AUTO_EPOCHS = 3
 
 
 def holdout_rows(train_rows: int, has_validation_file: bool) -> int:
@@ -40,17 +46,24 @@ def _given(value: Any) -> bool:
 
 def resolve_hyperparameters(requested: dict[str, Any], train_rows: int, model_max_positions: int | None,
                             mean_text_chars: float, has_validation_file: bool = False, task=None,
-                            adapter: dict[str, Any] | None = None, model_width: int | None = None) -> dict[str, Any]:
+                            adapter: dict[str, Any] | None = None, model_width: int | None = None,
+                            method: str = "supervised") -> dict[str, Any]:
     """Every hyperparameter of a job with a value: what the request gave, else a default chosen for this
-    file, task and model. The runtime choices that depend on the worker's device (precision, batch split,
-    compile) stay for the worker (worker/runtime.py), unless the request gave them."""
+    file, task, model and method. The runtime choices that depend on the worker's device (precision, batch
+    split, compile) stay for the worker (worker/runtime.py), unless the request gave them."""
     evaluates = has_validation_file or holdout_rows(train_rows, False) > 0
     train_rows -= holdout_rows(train_rows, has_validation_file)
+    dpo = method == "dpo"
     resolved: dict[str, Any] = {"batch_size": _batch_size(requested, train_rows)}
-    resolved["n_epochs"] = _epochs(requested, train_rows, resolved["batch_size"])
+    resolved["n_epochs"] = _epochs(requested, train_rows, resolved["batch_size"], DPO_MAX_AUTO_EPOCHS if dpo else 10)
     multiplier = requested.get("learning_rate_multiplier")
     resolved["learning_rate_multiplier"] = float(multiplier) if _given(multiplier) else 1.0
     resolved["learning_rate"] = _learning_rate(requested, resolved, adapter, model_width)
+    if dpo:
+        if not _given(requested.get("learning_rate")):
+            resolved["learning_rate"] *= DPO_LEARNING_RATE_SCALE["adapter" if adapter else "full"]
+        beta = requested.get("beta")
+        resolved["beta"] = float(beta) if _given(beta) else DPO_DEFAULTS["beta"]
     for key, default in DEFAULTS.items():
         value = requested.get(key)
         resolved[key] = value if _given(value) else default
@@ -80,13 +93,13 @@ def _batch_size(requested: dict[str, Any], train_rows: int) -> int:
     return 8 if train_rows <= 5_000 else 16 if train_rows <= 20_000 else 32 if train_rows <= 100_000 else 64
 
 
-def _epochs(requested: dict[str, Any], train_rows: int, batch_size: int) -> int:
+def _epochs(requested: dict[str, Any], train_rows: int, batch_size: int, most: int = 10) -> int:
     epochs = requested.get("n_epochs")
     if _given(epochs):
         return int(epochs)
     # Aim for at least ~300 optimiser steps on small files, never fewer than 3 or more than 10 epochs.
     steps_per_epoch = max(1, math.ceil(train_rows / batch_size))
-    return min(10, max(3, math.ceil(300 / steps_per_epoch)))
+    return min(most, max(3, math.ceil(300 / steps_per_epoch)))
 
 
 def _learning_rate(requested: dict[str, Any], resolved: dict[str, Any], adapter: dict[str, Any] | None,

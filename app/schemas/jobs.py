@@ -24,6 +24,10 @@ class Adapter(BaseModel):
                                                                              "per architecture).")
     merge: bool = Field(default=False, description="Fold the adapter into the base weights when training ends "
                                                    "and store a standalone model.")
+    quantization: Literal["4bit"] | None = Field(default=None, description="QLoRA: train on the base model "
+                                                 "loaded in 4-bit NF4 (bf16 compute), about a quarter of its bf16 "
+                                                 "memory. Needs a GPU worker with bitsandbytes; not with merge. "
+                                                 "Served on the unquantized base like any adapter.")
 
 
 class Hyperparameters(BaseModel):
@@ -58,22 +62,37 @@ class Hyperparameters(BaseModel):
     adapter: Adapter | None = None
 
 
+class DpoHyperparameters(Hyperparameters):
+    beta: float | Auto | None = Field(default=None, description="DPO: how far the policy may move from the "
+                                                                "reference model; lower moves further (default 0.1).")
+
+
 class Supervised(BaseModel):
     model_config = ConfigDict(extra="forbid")
     hyperparameters: Hyperparameters = Hyperparameters()
 
 
+class Dpo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    hyperparameters: DpoHyperparameters = DpoHyperparameters()
+
+
 class Method(BaseModel):
+    """OpenAI's method object. ``supervised`` trains on answers; ``dpo`` (Direct Preference Optimization)
+    on pairs of a preferred and a non-preferred answer to one prompt."""
+
     model_config = ConfigDict(extra="forbid")
     type: Literal["supervised", "dpo", "reinforcement"] = "supervised"
     supervised: Supervised | None = None
-    dpo: dict[str, Any] | None = None
+    dpo: Dpo | None = None
+    reinforcement: dict[str, Any] | None = None
 
 
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(min_length=1)
+    model: str = Field(min_length=1, max_length=500, description="A base model, or a fine-tuned model or "
+                       "checkpoint of the project to train on from.")
     training_file: str = Field(min_length=1)
     validation_file: str | None = None
     suffix: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9._-]*$")
@@ -109,10 +128,26 @@ class Progress(BaseModel):
     tokens_per_second: float | None = None
 
 
+class JobEvaluation(BaseModel):
+    """How much better the job made its model: the evaluation before the first step against the latest."""
+
+    metric: str = Field(description="The task's headline metric (eval_accuracy, eval_perplexity, "
+                                    "eval_reward_accuracy …).")
+    before: float | None
+    after: float | None = Field(description="The latest evaluation: the final one once the job succeeded.")
+    summary: str | None = Field(description="E.g. \"eval accuracy 0.50 → 0.91\".")
+    note: str | None = Field(description="What \"before\" stands for where it is not the base model's own skill "
+                                         "(a new head scores at chance).")
+    before_metrics: dict[str, float]
+
+
 class JobObject(BaseModel):
     id: str
     object: Literal["fine_tuning.job"] = "fine_tuning.job"
-    model: str
+    model: str = Field(description="The model the job starts from: a base model, or a fine-tuned model or "
+                                   "checkpoint of the project.")
+    base_model: str = Field(description="The base model the job's weights go back to (equals `model` unless the "
+                                        "job trains on from a fine-tuned model).")
     created_at: int
     finished_at: int | None
     status: str
@@ -134,6 +169,7 @@ class JobObject(BaseModel):
     column_mapping: dict[str, str]
     progress: Progress | None
     metrics: dict[str, Any] | None
+    evaluation: JobEvaluation | None = None
     attempt: int
 
 

@@ -20,6 +20,8 @@ class ModelObject(BaseModel):
     problem: str | None = Field(default=None, description="Why a base model cannot be fine-tuned.")
     # Fine-tuned models
     base_model: str | None = None
+    parent: str | None = Field(default=None, description="The fine-tuned model or checkpoint it was trained on from "
+                                                         "(absent when trained from the base model).")
     task: str | None = None
     job_id: str | None = None
     bytes: int | None = None

@@ -25,6 +25,7 @@ from app.ml import hyperparams
 from app.ml.chat_templates import TemplateError, TemplateLimitError, template_budget
 from app.ml.base_models import parameter_count
 from app.ml.devices import DATASHEET_PEAKS, training_flops
+from app.ml.tasks.preference import PromptTooLong
 from app.storage import get_storage
 
 SAMPLE_ROWS = 256
@@ -70,9 +71,16 @@ def tokens_per_row(planned) -> tuple[float, float]:
                 raise _template_problem(exc) from None
             except TemplateError as exc:
                 raise _template_problem(exc) from None
+            except PromptTooLong as exc:
+                raise bad_request(f"Line {exc.line} of training_file: the prompt is {exc.tokens} tokens, which leaves "
+                                  f"no room for an answer within max_seq_length {exc.limit}. Raise "
+                                  "max_seq_length, or shorten or remove the row.", "training_file",
+                                  code="prompt_too_long") from None
             done += len(chunk)
-            examples += len(encoded["input_ids"])
-            tokens += sum(len(ids) for ids in encoded["input_ids"])
+            # Pairs (DPO) say their tokens themselves: both sequences, the prompt counted twice.
+            lengths = encoded.get("length") or [len(ids) for ids in encoded["input_ids"]]
+            examples += len(lengths)
+            tokens += sum(lengths)
     if not done:
         return 0.0, 0.0
     return examples / done, tokens / done
@@ -110,7 +118,8 @@ def estimate(session: Session, project, planned) -> dict[str, Any]:
     every = hyperparameters.get("eval_every")
     evaluations = (steps // int(every) + 1) if every and eval_rows else 0
     parameters = parameter_count(planned.base.path)
-    flops = training_flops(parameters, trained_tokens, bool(hyperparameters.get("adapter"))) \
+    dpo = planned.method == "dpo"  # a reference model reads every token too
+    flops = training_flops(parameters, trained_tokens, bool(hyperparameters.get("adapter")), reference=dpo) \
         + 2 * parameters * row_tokens * eval_rows * evaluations
     seconds, basis = {}, {}
     for kind, peak in DATASHEET_PEAKS.items():

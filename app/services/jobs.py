@@ -19,7 +19,7 @@ from app.ids import new_id
 from app.jobs import states
 from app.jobs.events import append_event
 from app.jobs.lifecycle import transition
-from app.jobs.method import supervised_method
+from app.jobs.method import method_object
 from app.jobs.queue import enqueue_after_commit
 from app.schemas.jobs import JobCreate
 from app.services.job_planning import plan_job
@@ -46,10 +46,11 @@ def create_job(session: Session, settings: Settings, project: ProjectRef, body: 
     body, train, valid, task_name = planned.body, planned.train, planned.valid, planned.task.name
     mapping, plan, resolved = planned.mapping, planned.plan, planned.hyperparameters
     job = Job(
-        id=new_id("ftjob"), project_id=project.id, model=body.model, task=task_name, training_file=train.id,
+        id=new_id("ftjob"), project_id=project.id, model=body.model, base_model=planned.base.id, task=task_name,
+        training_file=train.id,
         validation_file=valid.id if valid else None, suffix=body.suffix or None,
         seed=body.seed if body.seed is not None else random.randint(0, 2**31 - 1), metadata_=body.metadata,
-        method=supervised_method(resolved), hyperparameters=resolved,
+        method=method_object(planned.method, resolved), hyperparameters=resolved,
         column_mapping=mapping, training_plan=plan, status=states.QUEUED, attempt=0, created_at=now(),
         enqueued_at=now(),
         idempotency_key=idempotency_key, request_hash=request_hash, devices=int(resolved.get("devices") or 1),
@@ -82,14 +83,15 @@ def _job_with_key(session: Session, project: ProjectRef, idempotency_key: str, r
 
 def get_job(session: Session, project: ProjectRef, job_id: str) -> Job:
     job = session.get(Job, job_id)
-    if job is None or job.project_id != project.id:
+    # Evaluations share the table (kind "evaluation") and have routes of their own (app.services.evaluations).
+    if job is None or job.project_id != project.id or (job.kind or "fine_tune") != "fine_tune":
         raise not_found("fine_tuning_job", job_id, "fine_tuning_job_id")
     return job
 
 
 def list_jobs(session: Session, project: ProjectRef, after: str | None, limit: int, status: str | None,
               metadata: dict[str, str]) -> list[Job]:
-    query = select(Job).where(Job.project_id == project.id)
+    query = select(Job).where(Job.project_id == project.id, Job.kind == "fine_tune")
     if status:
         query = query.where(Job.status == status)
     for key, value in metadata.items():

@@ -26,8 +26,13 @@ def owned(pg_stack, task_models) -> dict[str, str]:
         checkpoint = c.get(f"{JOBS}/{chat['id']}/checkpoints").json()["data"][0]["fine_tuned_model_checkpoint"]
         endpoint = c.post("/v1/webhooks", json={"url": "https://93.184.216.34/hooks/owner"}).json()["id"]
         key = c.post("/v1/keys", json={"scope": "predict", "name": "owner-serving"}).json()
+        evaluation = c.post("/v1/evaluations", json={"model": chat["fine_tuned_model"],
+                                                     "file": chat["training_file"]})
+        assert evaluation.status_code == 200, evaluation.text
+        c.post(f"/v1/evaluations/{evaluation.json()['id']}/cancel")  # no worker time spent on it
     return {"file_id": file_id, "job_id": chat["id"], "cancelled_job": job, "model_id": chat["fine_tuned_model"],
-            "checkpoint": checkpoint, "endpoint_id": endpoint, "key_id": key["id"], "predict_key": key["value"]}
+            "checkpoint": checkpoint, "endpoint_id": endpoint, "key_id": key["id"], "predict_key": key["value"],
+            "evaluation_id": evaluation.json()["id"]}
 
 
 def _calls(ids: dict[str, str]) -> dict[tuple[str, str], list[tuple[str, dict | None]]]:
@@ -54,6 +59,11 @@ def _calls(ids: dict[str, str]) -> dict[tuple[str, str], list[tuple[str, dict | 
         ("GET", "/v1/webhooks/{endpoint_id}"): [(f"/v1/webhooks/{ids['endpoint_id']}", None)],
         ("DELETE", "/v1/webhooks/{endpoint_id}"): [(f"/v1/webhooks/{ids['endpoint_id']}", None)],
         ("GET", "/v1/keys/{key_id}"): [(f"/v1/keys/{ids['key_id']}", None)],
+        ("GET", "/v1/evaluations/{evaluation_id}"): [(f"/v1/evaluations/{ids['evaluation_id']}", None)],
+        ("POST", "/v1/evaluations/{evaluation_id}/cancel"): [(f"/v1/evaluations/{ids['evaluation_id']}/cancel",
+                                                              None)],
+        ("GET", "/v1/evaluations/{evaluation_id}/events"): [(f"/v1/evaluations/{ids['evaluation_id']}/events",
+                                                             None)],
         ("DELETE", "/v1/keys/{key_id}"): [(f"/v1/keys/{ids['key_id']}", None)],
     }
 
@@ -82,14 +92,17 @@ def test_another_project_gets_404_and_changes_nothing(pg_stack, owned, tenants):
         chat = {"model": owned["model_id"], "messages": [{"role": "user", "content": "hi"}]}
         assert intruder.post("/v1/chat/completions", json=chat).status_code == 404
         assert intruder.post("/v1/completions", json={"model": owned["model_id"], "prompt": "hi"}).status_code == 404
+        evaluation = {"model": owned["model_id"], "file": owned["file_id"]}
+        assert intruder.post("/v1/evaluations", json=evaluation).status_code == 400
         for listing, cursor in (("/v1/files", "file_id"), (JOBS, "job_id"), ("/v1/webhooks", "endpoint_id"),
-                                ("/v1/keys", "key_id")):
+                                ("/v1/keys", "key_id"), ("/v1/evaluations", "evaluation_id")):
             assert intruder.get(listing, params={"after": owned[cursor]}).status_code == 404, listing
         assert owned["model_id"] not in intruder.get("/v1/models").text
     # Everything is still there for its owner.
     with pg_stack.client() as owner:
         for path in (f"/v1/files/{owned['file_id']}", f"{JOBS}/{owned['job_id']}", f"/v1/models/{owned['model_id']}",
-                     f"/v1/webhooks/{owned['endpoint_id']}", f"/v1/keys/{owned['key_id']}"):
+                     f"/v1/webhooks/{owned['endpoint_id']}", f"/v1/keys/{owned['key_id']}",
+                     f"/v1/evaluations/{owned['evaluation_id']}"):
             assert owner.get(path).status_code == 200, path
         assert owner.get(f"/v1/keys/{owned['key_id']}").json()["revoked_at"] is None
 

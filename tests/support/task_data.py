@@ -60,6 +60,16 @@ def chat(n: int, seed: int = 0) -> list[dict]:
             for r in prompt_completion(n, seed)]
 
 
+def preference(n: int, seed: int = 0) -> list[dict]:
+    """OpenAI's preference format: the preferred answer names the review's sentiment, the other the opposite."""
+    return [{"input": {"messages": [{"role": "system", "content": "rate the review"},
+                                    {"role": "user", "content": r["prompt"].removesuffix(" =>")}]},
+             "preferred_output": [{"role": "assistant", "content": r["completion"].strip()}],
+             "non_preferred_output": [{"role": "assistant",
+                                       "content": "bad" if r["completion"].strip() == "good" else "good"}]}
+            for r in prompt_completion(n, seed)]
+
+
 def multi_label(n: int, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     rows = []

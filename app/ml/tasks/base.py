@@ -53,6 +53,11 @@ class Task(ABC):
     label_names: tuple[str, ...] = ("labels",)
     # Hyperparameters only this task has, with their defaults.
     default_hyperparameters: dict[str, Any] = {}
+    # The evaluation metric a job's "before → after" is told in.
+    headline_metric: str = "eval_accuracy"
+    # Whether fine-tuning puts a new, untrained head on the base model: before training it then scores
+    # at chance, which a job says rather than leaving its "before" out.
+    head_is_new: bool = True
 
     @abstractmethod
     def detect(self, profile: dict[str, Any]) -> dict[str, str] | None:
@@ -112,10 +117,12 @@ class Task(ABC):
         """How the new head is configured (number and names of labels)."""
         return {}
 
-    def load_model(self, path: str, plan: dict[str, Any]):
-        """The base model with this task's head, configured from the plan."""
+    def load_model(self, path: str, plan: dict[str, Any], **load_kwargs):
+        """The base model with this task's head, configured from the plan. ``load_kwargs`` go to
+        from_pretrained as they are (QLoRA's quantization config and device map); a task that overrides
+        this method passes them on."""
         return self._auto_class().from_pretrained(path, **self.model_kwargs(plan), use_safetensors=True,
-                                                  trust_remote_code=False)
+                                                  trust_remote_code=False, **load_kwargs)
 
     def load_trained(self, path: str):
         """A model this service fine-tuned for this task (full weights), ready for inference."""

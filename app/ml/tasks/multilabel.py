@@ -54,6 +54,8 @@ class MultiLabelClassification(TextClassification):
     def model_kwargs(self, plan):
         return {**labels_config(plan["labels"]), "problem_type": "multi_label_classification"}
 
+    headline_metric = "eval_f1_micro"
+
     def metrics(self, predictions, labels, plan, features=None, tokenizer=None):
         import numpy as np
         from sklearn.metrics import f1_score

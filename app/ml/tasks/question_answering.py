@@ -112,6 +112,7 @@ class QuestionAnswering(Task):
     roles = {"question": True, "context": True, "answers": True}
     nests_single_output = False
     auto_model = "AutoModelForQuestionAnswering"
+    headline_metric = "eval_f1"
     peft_task_type = "QUESTION_ANS"
     length_roles = ("question", "context")
     max_seq_length_cap = 384

@@ -50,14 +50,16 @@ class TextRegression(SequenceTask):
     def model_kwargs(self, plan):
         return {"num_labels": 1, "problem_type": "regression"}
 
-    def load_model(self, path, plan):
-        model = super().load_model(path, plan)
+    def load_model(self, path, plan, **load_kwargs):
+        model = super().load_model(path, plan, **load_kwargs)
         # Saved in config.json, so inference can undo the scaling without the job at hand.
         model.config.ft_target_mean = plan["target_mean"]
         model.config.ft_target_std = plan["target_std"]
         model.config.id2label = {0: plan["target_name"]}
         model.config.label2id = {plan["target_name"]: 0}
         return model
+
+    headline_metric = "eval_r2"
 
     def metrics(self, predictions, labels, plan, features=None, tokenizer=None):
         import numpy as np

@@ -15,6 +15,8 @@ class Summarization(Task):
     name = "summarization"
     roles = {"source": True, "target": True}
     auto_model = "AutoModelForSeq2SeqLM"
+    headline_metric = "eval_rougeL"
+    head_is_new = False  # a pretrained encoder-decoder already writes text
     peft_task_type = "SEQ_2_SEQ_LM"
     length_roles = ("source",)
     max_seq_length_cap = 512

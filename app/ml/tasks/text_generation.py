@@ -1,7 +1,8 @@
-"""Causal-LM supervised fine-tuning: ``{"prompt", "completion"}`` rows, or chat ``{"messages": [...]}``
-rendered with the tokenizer's chat template (or one given with the job). By default only the
-completion / assistant tokens are trained on, so the model learns to answer rather than to echo
-prompts. Evaluated by loss and perplexity; served as HF text-generation and OpenAI completions."""
+"""Causal language models: ``{"prompt", "completion"}`` rows, chat ``{"messages": [...]}`` rendered
+with the tokenizer's chat template (or one given with the job), or preference pairs (app/ml/tasks/
+preference.py) for DPO. Supervised training learns the completion / assistant tokens only by default,
+so the model learns to answer rather than to echo prompts. Evaluated by loss and perplexity (DPO: by
+reward accuracy and margin); served as HF text-generation and OpenAI completions."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from itertools import islice
 
 from app.config import get_settings
 from app.ml.chat_templates import TemplateError, TemplateLimitError, render_batch, template_budget
-from app.ml.tasks.base import FieldProblem, Task, find_column, require_column, require_text
+from app.ml.tasks import preference
+from app.ml.tasks.base import FieldProblem, Task, dominant_kind, find_column, require_column, require_text
 
 PROMPT_NAMES = ("prompt", "instruction")
 COMPLETION_NAMES = ("completion", "response", "chosen")
@@ -88,15 +90,21 @@ def turn_end_ids(tokenizer) -> list[int]:
 
 class TextGeneration(Task):
     name = "text-generation"
-    roles = {"prompt": False, "completion": False, "messages": False}
+    roles = {"prompt": False, "completion": False, "messages": False, "input": False, "preferred_output": False,
+             "non_preferred_output": False}
     auto_model = "AutoModelForCausalLM"
     peft_task_type = "CAUSAL_LM"
     length_roles = ("prompt", "completion", "messages")
     max_seq_length_cap = 1024
     metrics_from_predictions = False
+    headline_metric = "eval_perplexity"
+    head_is_new = False  # the language-model head is the base model's own
     default_hyperparameters = {"completion_only_loss": True, "packing": True}
 
     def guess_mapping(self, profile):
+        pairs = preference.guess_mapping(profile)
+        if pairs:
+            return pairs
         messages = find_column(profile, MESSAGES_NAMES)
         if messages:
             return {"messages": messages}
@@ -109,6 +117,8 @@ class TextGeneration(Task):
 
     def detect(self, profile):
         mapping = self.guess_mapping(profile)
+        if preference.is_preference(mapping):
+            return mapping if len(mapping) == 3 else None
         if "messages" in mapping:
             stats = profile[mapping["messages"]]
             return mapping if set(stats.get("kinds") or {}) == {"list"} and \
@@ -116,6 +126,9 @@ class TextGeneration(Task):
         return mapping if len(mapping) == 2 else None
 
     def _check_columns(self, mapping, profile, file_param):
+        if preference.is_preference(mapping):
+            preference.check_columns(mapping, profile, file_param)
+            return
         if mapping.get("messages"):
             stats = require_column(profile, mapping["messages"], "column_mapping.messages", file_param)
             bad = {k: line for k, line in (stats.get("kind_lines") or {}).items() if k != "list"}
@@ -135,9 +148,16 @@ class TextGeneration(Task):
         self._check_columns(mapping, train, "training_file")
         if valid is not None:
             self._check_columns(mapping, valid, "validation_file")
+        if preference.is_preference(mapping):
+            # A prompt given as OpenAI's input object, or as a list of messages, is a chat.
+            chat = bool(mapping.get("input")) or dominant_kind(train[mapping["prompt"]]) == "list"
+            return {"format": "preference", "chat": chat, "chat_template": None}
         return {"format": "messages" if mapping.get("messages") else "prompt_completion", "chat_template": None}
 
     def check_rows(self, records, mapping, file_param):
+        if preference.is_preference(mapping):
+            preference.check_rows(records, mapping, file_param)
+            return
         if not mapping.get("messages"):
             return
         for line, record in records:
@@ -153,7 +173,7 @@ class TextGeneration(Task):
 
     def check_base_model(self, path, model_type, plan):
         super().check_base_model(path, model_type, plan)
-        if plan["format"] != "messages":
+        if plan["format"] != "messages" and not plan.get("chat"):
             return
         from transformers import AutoTokenizer
 
@@ -174,7 +194,8 @@ class TextGeneration(Task):
             raise FieldProblem("chat_template", exc.message) from None
         except (TemplateError, ValueError) as exc:  # ValueError: a dict of templates without a default
             raise FieldProblem("chat_template", f"The chat template does not render: {exc}") from None
-        if plan.get("completion_only_loss", True) and len(spans) != 2:
+        # Pairs always need the answers told apart from their prompt.
+        if (plan.get("completion_only_loss", True) or plan["format"] == "preference") and len(spans) != 2:
             # Training on the assistant turns only needs to find them: the rendering of a conversation's
             # beginning must be where the whole rendering begins. Templates that rewrite earlier turns
             # (drop their reasoning, number them from the end) are not, and would train on every token.
@@ -192,6 +213,8 @@ class TextGeneration(Task):
         return tokenizer
 
     def row(self, record, mapping, plan):
+        if plan["format"] == "preference":
+            return preference.preference_row(record, mapping, pairs=plan.get("method") == "dpo")
         if plan["format"] == "messages":
             messages = [{"role": m["role"], "content": m["content"]} for m in record[mapping["messages"]]]
             return {"messages": messages, "prompt": None, "completion": None}
@@ -201,6 +224,8 @@ class TextGeneration(Task):
     def tokenize(self, batch, tokenizer, plan, max_length):
         """Raises TemplateError (or TemplateLimitError) with ``line`` set to the line of the file the
         failing conversation came from (the batch's ``line`` column, where the worker gives one)."""
+        if plan.get("method") == "dpo":
+            return preference.tokenize_pairs(batch, tokenizer, max_length, assistant_spans_batch)
         completion_only = plan.get("completion_only_loss", True)
         ids_out, labels_out = [], []
         rows = list(zip(batch["messages"], batch["prompt"], batch["completion"]))
@@ -247,8 +272,8 @@ class TextGeneration(Task):
         # Pads input_ids and attention_mask, and labels with IGNORE so padding is never trained on.
         return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE, pad_to_multiple_of=pad_to_multiple_of)
 
-    def load_model(self, path, plan):
-        model = super().load_model(path, plan)
+    def load_model(self, path, plan, **load_kwargs):
+        model = super().load_model(path, plan, **load_kwargs)
         if model.config.pad_token_id is None:
             model.config.pad_token_id = model.config.eos_token_id
         return model

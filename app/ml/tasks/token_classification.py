@@ -39,6 +39,7 @@ class TokenClassification(Task):
     roles = {"tokens": True, "tags": True}
     nests_single_output = False
     auto_model = "AutoModelForTokenClassification"
+    headline_metric = "eval_f1"
     peft_task_type = "TOKEN_CLS"
     length_roles = ("tokens",)
 
