@@ -181,7 +181,10 @@ def test_metrics_checkpoints_and_result_file(stack):
     with stack.client() as c:
         series = c.get(f"/v1/fine_tuning/jobs/{job_id}/metrics").json()["data"]
         evals = [p for p in series if "eval_accuracy" in p]
-        assert [p["step"] for p in evals][:4] == [50, 100, 150, 200] and all("eval_f1_macro" in p for p in evals)
+        # Step 0 is the base model's score (the "before" of before → after), then the schedule's.
+        assert [p["step"] for p in evals][:5] == [0, 50, 100, 150, 200]
+        assert all("eval_f1_macro" in p for p in evals)
+        assert evals[0]["eval_accuracy"] == done["evaluation"]["before"]
         assert any("train_loss" in p and "learning_rate" in p for p in series)
         assert done["metrics"]["eval_accuracy"] == pytest.approx(evals[-1]["eval_accuracy"])
 
