@@ -28,4 +28,5 @@ run: install
 
 test: install
 	bash tests/start_services.sh
-	$(BIN)/python -m pytest
+	bash tests/install_browser.sh
+	$(BIN)/python -m pytest -n 2 --dist loadfile

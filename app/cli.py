@@ -1,4 +1,6 @@
-"""`finetune` — run the service.
+"""`finetune` — run the service, and use it.
+
+Operator commands (on this machine's database and models folder):
 
   finetune serve     embedded default: migrations, API and one worker together; Ctrl-C stops both
   finetune api       the API alone (production: run `finetune migrate` first)
@@ -6,6 +8,18 @@
   finetune migrate   apply database migrations
   finetune keys create|list|revoke      API keys of a project (scopes: predict, train, admin)
   finetune quota show|set|reset         a project's quotas (defaults: FT_QUOTA_*)
+
+Client commands, over HTTP (docs/cli.md). Service: --url or FT_URL (default
+http://127.0.0.1:8000). Key: --key or FT_API_KEY, else data/api_key (which
+`make run` writes). --json prints the API's raw JSON.
+
+  finetune files upload|list|get|delete  datasets and their validation report
+  finetune jobs create|list|get          jobs (create: -p key=value, --lora)
+  finetune jobs cancel|pause|resume ID
+  finetune jobs follow ID                live; exits 0 ok/1 failed/2 cancelled
+  finetune predict MODEL "text…"         or --file inputs.jsonl, in batches
+  finetune chat MODEL                    a conversation, answers streamed
+  finetune models list|get|delete|download
 """
 
 from __future__ import annotations
@@ -18,6 +32,7 @@ import sys
 import typer
 
 from app.cli_admin import import_model, keys_cli, quota_cli
+from app.client import chat, files_cli, jobs_cli, models_cli, predict
 from app.config import get_settings
 
 # Longer than the idle time of client connection pools (httpx: 5 s), so the server never closes a
@@ -90,6 +105,21 @@ def _worker_command(concurrency: int) -> list[str]:
             "--concurrency", str(concurrency), "--loglevel", "INFO", "-n", f"gpu-worker-{os.getpid()}@%h"]
 
 
+def api_workers(settings, embedded: bool) -> int:
+    """API processes (uvicorn workers): FT_API_WORKERS, else one per core up to 4 for `finetune api` on
+    PostgreSQL. One otherwise: `finetune serve` is the all-in-one of one machine, whose cores also train;
+    SQLite takes one writer at a time; and a serving replica's loaded models belong to one process (each
+    worker would load its own copy). Several workers each keep their own key memory, open-stream and
+    request-rate counts, model cache and event subscription (docs/architecture.md)."""
+    if settings.api_workers:
+        return settings.api_workers
+    if embedded or settings.serve_mode == "predictions" or \
+            not settings.resolved_database_url.startswith("postgresql"):
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, 4))
+
+
 @cli.command()
 def serve(host: str = typer.Option(None), port: int = typer.Option(None), worker: bool = True) -> None:
     """Embedded default: API and one worker, started and stopped together."""
@@ -100,7 +130,8 @@ def serve(host: str = typer.Option(None), port: int = typer.Option(None), worker
     child = subprocess.Popen(_worker_command(1), preexec_fn=die_with_parent) if worker else None
     try:
         uvicorn.run("app.main:create_app", factory=True, host=host or settings.api_host,
-                    port=port or settings.api_port, timeout_keep_alive=KEEP_ALIVE_S, http=HTTP_PROTOCOL)
+                    port=port or settings.api_port, workers=api_workers(settings, embedded=True),
+                    timeout_keep_alive=KEEP_ALIVE_S, http=HTTP_PROTOCOL)
     finally:
         if child and child.poll() is None:
             child.send_signal(signal.SIGTERM)  # warm shutdown: a running job's message goes back to the queue
@@ -111,14 +142,17 @@ def serve(host: str = typer.Option(None), port: int = typer.Option(None), worker
 
 
 @cli.command()
-def api(host: str = typer.Option(None), port: int = typer.Option(None), workers: int = 1) -> None:
+def api(host: str = typer.Option(None), port: int = typer.Option(None),
+        workers: int = typer.Option(None, min=1, max=64, help="API processes; default FT_API_WORKERS, else "
+                                                               "min(cores, 4) on PostgreSQL, 1 on SQLite.")) -> None:
     """The API alone."""
     import uvicorn
 
     settings = get_settings()
     _prepare()
     uvicorn.run("app.main:create_app", factory=True, host=host or settings.api_host,
-                port=port or settings.api_port, workers=workers, timeout_keep_alive=KEEP_ALIVE_S, http=HTTP_PROTOCOL)
+                port=port or settings.api_port, workers=workers or api_workers(settings, embedded=False),
+                timeout_keep_alive=KEEP_ALIVE_S, http=HTTP_PROTOCOL)
 
 
 @cli.command()
@@ -146,6 +180,12 @@ def create_key(project: str = typer.Option("default", help="Project (tenant) the
 cli.add_typer(keys_cli, name="keys")
 cli.add_typer(quota_cli, name="quota")
 cli.command("import-model")(import_model)
+# The client commands: HTTP to a running service (app/client).
+cli.add_typer(files_cli, name="files")
+cli.add_typer(jobs_cli, name="jobs")
+cli.add_typer(models_cli, name="models")
+cli.command("predict")(predict)
+cli.command("chat")(chat)
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints, field_validator
+from pydantic import Field, StringConstraints, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -65,6 +65,12 @@ class Settings(BaseSettings):
 
     # Keep-alive comments on event streams, so proxies do not close a quiet stream.
     sse_ping_s: int = 15
+    # Followers of a job's events are woken by the database: PostgreSQL LISTEN/NOTIFY, or on SQLite a
+    # look at PRAGMA data_version (a counter, no table read) this often. Each API process also re-reads
+    # the followed jobs' sequence numbers every event_fallback_s (one query for all its streams), so a
+    # notification lost with a dropped connection only delays the events.
+    event_sqlite_poll_s: float = Field(default=0.025, gt=0, le=5)
+    event_fallback_s: float = Field(default=10.0, gt=0)
     # How often the training callback writes progress to SQL (seconds).
     progress_interval_s: float = 2.0
     # A running job's lease; the worker renews it every lease/4 seconds while it is alive.
@@ -83,6 +89,19 @@ class Settings(BaseSettings):
     # Extra transformers TrainerCallback classes every job trains with, e.g. an experiment tracker's
     # logger: a JSON list of "module:Class" import paths importable by the workers.
     trainer_callbacks: list[Annotated[str, StringConstraints(pattern=r"^[\w.]+:\w+$")]] = []
+
+    # --- experiment trackers and monitoring (docs/monitoring.md) ---
+    # Trackers jobs may log to (`integrations` on job create): "wandb", "mlflow". The API refuses a job
+    # asking for one not listed; the workers need the package (extra "trackers") and the credentials in
+    # their environment (WANDB_API_KEY, or WANDB_MODE=offline with WANDB_DIR). Comma-separated or JSON.
+    integrations: Annotated[list[Literal["wandb", "mlflow"]], NoDecode] = []
+    # Where MLflow runs go (http(s)://server, databricks, sqlite:///…): the operator's, never a client's.
+    mlflow_tracking_uri: str = ""
+    # The worker's Prometheus endpoint (job durations, queue waits, GPU memory): 0 turns it off. One port
+    # per worker process on a machine.
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
+    # The `worker` label of those series; default: the Celery node name (gpu-worker-<pid>@<host>).
+    worker_name: str = ""
 
     # --- webhooks ---
     # Deliver the webhook outbox from a thread in each API process (claims are atomic across replicas).
@@ -137,6 +156,10 @@ class Settings(BaseSettings):
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # API processes (uvicorn workers). Unset: `finetune api` runs min(CPU cores, 4) on PostgreSQL and 1 on
+    # SQLite; `finetune serve` (the embedded all-in-one) and serving replicas (FT_SERVE_MODE=predictions)
+    # run 1. Per process: the key memory, open-stream and request-rate quotas, loaded models (docs/architecture.md).
+    api_workers: int | None = Field(default=None, ge=1, le=64)
 
     @property
     def resolved_database_url(self) -> str:
@@ -162,13 +185,24 @@ class Settings(BaseSettings):
                                  "gs://… (gcsfs) or file:///path.") from None
         return url
 
-    @field_validator("webhook_allowed_networks", mode="before")
+    @field_validator("webhook_allowed_networks", "integrations", mode="before")
     @classmethod
-    def _networks_from_text(cls, value):
+    def _list_from_text(cls, value):
         if isinstance(value, str):
             text = value.strip()
-            return json.loads(text) if text.startswith("[") else [part for part in text.split(",") if part.strip()]
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _mlflow_has_somewhere_to_go(self):
+        """An operator who enables MLflow says where its runs go; otherwise every MLflow job would write
+        into a folder of whichever worker ran it."""
+        if "mlflow" in self.integrations and not self.mlflow_tracking_uri:
+            raise ValueError("FT_INTEGRATIONS lists mlflow but FT_MLFLOW_TRACKING_URI is empty: set it to the MLflow "
+                             "server (http://mlflow:5000) or database (sqlite:///path/mlflow.db) runs go to.")
+        return self
 
     @field_validator("webhook_allowed_networks")
     @classmethod

@@ -12,12 +12,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.api import completions, evaluations, files, health, jobs, keys, models, webhooks
+from app.api.console import mount_console
 from app.api.gate import Gate
 from app.config import Settings, get_settings
 from app.api.errors import install_error_handlers
 from app.schemas.common import ERROR_RESPONSES
 from app.ml.batching import Batchers
 from app.ml.inference import ModelCache
+from app.services.event_bus import EventBus
 from app.services.quotas import StreamSlots
 from app.jobs.reaper import Reaper
 from app.webhooks.delivery import WebhookDispatcher
@@ -36,7 +38,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.webhook_dispatcher = next((b for b in background if isinstance(b, WebhookDispatcher)), None)
         for thread in background:
             thread.start()
+        if settings.serve_mode == "all":  # one subscription to job events for all of this process's streams
+            app.state.event_bus.start()
         yield
+        app.state.event_bus.stop()
         app.state.batchers.close()
         for thread in background:
             thread.stop()
@@ -45,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Fine-tune Hugging Face models on demand. OpenAI fine-tuning API + HF Inference API.")
     app.state.model_cache = ModelCache(settings.model_cache_mb * 2**20)
     app.state.stream_slots = StreamSlots()
+    app.state.event_bus = EventBus(settings)
     app.state.batchers = Batchers(settings.predict_max_batch, settings.predict_max_wait_ms / 1000,
                                   settings.predict_batch_size)
     install_error_handlers(app)
@@ -53,5 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in serving_routers if settings.serve_mode == "predictions" else \
             (health, files, jobs, evaluations, models, completions, webhooks, keys):
         app.include_router(module.router)
+    if settings.serve_mode == "all":  # the console needs files and jobs, which serving replicas lack
+        mount_console(app)
     logging.getLogger("app").setLevel(logging.INFO)
     return app

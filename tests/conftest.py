@@ -113,3 +113,17 @@ def upload(client, path_or_name, content: bytes | None = None, purpose: str = "f
     else:
         name = path_or_name
     return client.post("/v1/files", files={"file": (name, content)}, data={"purpose": purpose})
+
+
+# The longest files first (the suite's `--durations` report). `make test` runs two processes that take
+# whole files in collection order (`-n 2 --dist loadfile`): a long file dealt last leaves the other
+# process idle while it runs, so those are dealt first and the short ones fill in around them.
+LONGEST_FIRST = ("test_realism.py", "test_tasks.py", "test_serving.py", "test_lifecycle.py",
+                 "test_object_storage.py", "test_fuzz.py", "test_integrations.py", "test_import_model.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        return LONGEST_FIRST.index(item.path.name) if item.path.name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a file, and of the other files, is kept

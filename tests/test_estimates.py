@@ -3,7 +3,10 @@ like a real job, never created — and calibrated by the jobs this deployment ha
 
 from __future__ import annotations
 
+import pytest
+
 from tests.conftest import EXAMPLES, upload
+from tests.support import task_data as data
 
 FAST = {"n_epochs": 6, "learning_rate": 2e-3, "batch_size": 16}
 
@@ -41,3 +44,22 @@ def test_estimate_refuses_what_a_job_would_refuse(pg_stack):
         bad = c.post("/v1/fine_tuning/jobs/estimate", json={"model": "tiny/bert", "training_file": train,
                                                              "column_mapping": {"text": "nope", "label": "label"}})
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "column_mapping.text", bad.text
+
+
+@pytest.mark.parametrize(("rows", "model", "extra"), [
+    (data.question_answering(12), "tiny/bert", {}),  # windows grouped by row: once answered 500
+    (data.ner(12), "tiny/bert", {}),
+    (data.multi_label(12), "tiny/bert", {}),
+    (data.scores(12), "tiny/bert", {}),
+    (data.summarization(12), "tiny/t5", {}),
+    (data.prompt_completion(12), "tiny/gpt2", {}),
+    (data.chat(12), "tiny/gpt2", {"chat_template": data.CHATML}),
+    (data.preference(12), "tiny/gpt2", {"chat_template": data.CHATML, "method": {"type": "dpo"}}),
+], ids=["qa", "ner", "multi-label", "regression", "summarization", "completion", "chat", "dpo"])
+def test_every_task_gets_an_estimate(client, rows, model, extra):
+    f = upload(client, "rows.jsonl", data.jsonl(rows)).json()
+    answer = client.post("/v1/fine_tuning/jobs/estimate", json={"model": model, "training_file": f["id"], **extra})
+    assert answer.status_code == 200, answer.text
+    estimate = answer.json()
+    assert estimate["steps"] >= 1 and estimate["trained_tokens"] > 0
+    assert estimate["estimated_seconds"] and all(s > 0 for s in estimate["estimated_seconds"].values())

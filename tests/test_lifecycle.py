@@ -196,7 +196,7 @@ def test_metrics_checkpoints_and_result_file(stack):
         answer = c.post(f"/v1/models/{newest['fine_tuned_model_checkpoint']}/predict", json={"inputs": "Superb!"})
         assert answer.status_code == 200 and {d["label"] for d in answer.json()[0]} == {"positive", "negative"}
 
-        (csv_id,) = done["result_files"]
+        csv_id, _tensorboard = done["result_files"]  # the metrics CSV, then the TensorBoard events
         content = c.get(f"/v1/files/{csv_id}/content").text.splitlines()
         assert content[0].startswith("step,epoch,train_loss") and "eval_accuracy" in content[0]
         assert len(content) == len(series) + 1

@@ -7,7 +7,7 @@ import logging
 import os
 
 from celery import Celery
-from celery.signals import worker_init
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown, worker_shutdown
 
 from app.config import get_settings
 from app.jobs.queue import RUN_JOB, broker_options
@@ -45,3 +45,44 @@ def _preload_training_libraries(**_) -> None:
 
     if torch.cuda.is_initialized():  # a fork would leave the children an unusable CUDA context
         logging.getLogger(__name__).warning("CUDA was initialised while preloading; jobs may fail to use the GPU.")
+
+
+@worker_init.connect
+def _serve_metrics(sender=None, **_) -> None:
+    """FT_WORKER_METRICS_PORT: this worker's Prometheus endpoint, started before the pool forks (worker/metrics.py)."""
+    if settings.worker_metrics_port:
+        from worker import metrics
+
+        metrics.serve(settings.worker_metrics_port, settings.worker_name or getattr(sender, "hostname", "") or "")
+
+
+@worker_init.connect
+def _check_trackers(**_) -> None:
+    from worker.trackers import unavailable
+
+    for name in unavailable(settings.integrations):
+        logging.getLogger(__name__).error("FT_INTEGRATIONS lists %s but this worker has no %s package: jobs that log "
+                                          "to it will fail. Install the 'trackers' extra.", name, name)
+
+
+@worker_process_init.connect
+def _metrics_in_pool_process(**_) -> None:
+    from billiard.process import current_process
+
+    from worker import metrics
+
+    metrics.start_pool_process(getattr(current_process(), "index", None))
+
+
+@worker_process_shutdown.connect
+def _metrics_of_pool_process_end(**_) -> None:
+    from worker import metrics
+
+    metrics.end_pool_process()
+
+
+@worker_shutdown.connect
+def _remove_metrics_folder(**_) -> None:
+    from worker import metrics
+
+    metrics.remove_folder()

@@ -20,17 +20,18 @@ from sqlalchemy import select
 from app.config import Settings, get_settings
 from app.data.limits import ScanLimits
 from app.db.engine import session_scope
-from app.db.models import File, FineTunedModel, Job
+from app.db.models import File, FineTunedModel, Job, JobEvent
 from app.errors import redact_paths
 from app.jobs import improvement, naming, states
 from app.jobs.lifecycle import transition
 from app.jobs.method import method_object, method_type
 from app.jobs.queue import RUN_JOB
-from app.jobs.results import write_metrics_csv
+from app.jobs.results import TENSORBOARD_FOLDER, write_metrics_csv, write_tensorboard_archive
 from app.jobs.scheduling import claim_next
 from app.jobs.sources import SourceProblem, find_source
 from app.ml.artifacts import SERVICE_CONFIG
 from app.storage import Storage, get_storage
+from worker import metrics, trackers
 from worker.celery_app import celery_app
 from worker.reporting import DatabaseReporter, Heartbeat
 
@@ -45,9 +46,13 @@ def run_job(message_job_id: str) -> str:
     if job is None:
         log.info("no queued job for the turn of %s; nothing to do", message_job_id)
         return "skipped"
+    if metrics.enabled():
+        metrics.job_claimed(job.kind, _queued_since(job.id))
+    started, outcome = time.monotonic(), "failed"
     try:
         with Heartbeat(job.id, settings.lease_seconds):
-            return _run_claimed(job, settings)
+            outcome = _run_claimed(job, settings)
+            return outcome
     except Exception as exc:  # any failure ends as a failed job with an error a user can read
         from worker.training import TrainingError
 
@@ -59,6 +64,17 @@ def run_job(message_job_id: str) -> str:
                      "message": redact_paths(f"Training failed: {type(exc).__name__}: {str(exc)[:500]}")}
         _finish(job.id, states.FAILED, f"Job failed: {error['message']}", level="error", error=error)
         return "failed"
+    finally:
+        metrics.job_ended(job.kind, job.task, outcome, time.monotonic() - started)
+
+
+def _queued_since(job_id: str) -> int | None:
+    """When the job last became queued (created, resumed or given back by a lost worker): its newest event
+    that says so. Not ``enqueued_at``, which is when its turn was last sent, and a long wait sends it again."""
+    with session_scope() as session:
+        recent = session.execute(select(JobEvent.created_at, JobEvent.data).where(JobEvent.job_id == job_id)
+                                 .order_by(JobEvent.seq.desc()).limit(20))
+        return next((at for at, data in recent if (data or {}).get("status") == states.QUEUED), None)
 
 
 def _finish(job_id: str, to: str, message: str, level: str = "info", **fields: Any) -> None:
@@ -95,7 +111,7 @@ def _run_claimed(job: Job, settings: Settings) -> str:
             _finish(job.id, states.PAUSED, f"Job paused at step {outcome.steps}; resume it with POST "
                                            f"/v1/fine_tuning/jobs/{job.id}/resume.", pause_requested=False)
             return "paused"
-        return _register_model(job, outcome, output, storage, time.monotonic() - started)
+        return _register_model(job, outcome, output, storage, time.monotonic() - started, spec.tensorboard_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         storage.release(prefix)  # stored already: an object store's cache needs no copy
@@ -171,10 +187,15 @@ def _training_spec(job: Job, settings: Settings, checkpoint_dir: Path, start: _S
         # Each project's tokenized data apart: a hit must never tell one project that another trained on
         # the same file.
         token_cache_namespace=job.project_id,
-        callbacks=settings.trainer_callbacks)
+        callbacks=[*settings.trainer_callbacks, *([metrics.GPU_MEMORY_CALLBACK] if metrics.enabled() else [])],
+        # TensorBoard next to the checkpoints: a resumed attempt adds to the events of the ones before.
+        tensorboard_dir=checkpoint_dir / TENSORBOARD_FOLDER,
+        integrations=trackers.tracker_runs(job.integrations, job_id=job.id, project_id=job.project_id,
+                                           mlflow_tracking_uri=settings.mlflow_tracking_uri))
 
 
-def _register_model(job: Job, outcome, output: Path, storage: Storage, seconds: float) -> str:
+def _register_model(job: Job, outcome, output: Path, storage: Storage, seconds: float,
+                    tensorboard_dir: Path | None = None) -> str:
     from worker.training import TrainingError
 
     base_model = job.base_model or job.model
@@ -187,7 +208,9 @@ def _register_model(job: Job, outcome, output: Path, storage: Storage, seconds: 
                                    task=job.task, storage_key=key, bytes=size))
         session.flush()
         row = session.get(Job, job.id)
-        results = write_metrics_csv(session, storage, row)
+        results = [write_metrics_csv(session, storage, row).id]
+        events = write_tensorboard_archive(session, storage, row, tensorboard_dir) if tensorboard_dir else None
+        results += [events.id] if events else []
         final_progress = {**(row.progress or {}), "step": outcome.steps, "total_steps": outcome.steps,
                           "percent": 100.0, "eta_seconds": 0}
         hyperparameters = outcome.hyperparameters  # as trained: an out-of-memory retry may have split batches
@@ -199,7 +222,9 @@ def _register_model(job: Job, outcome, output: Path, storage: Storage, seconds: 
                                 "evaluation": improvement.evaluation_view(row.baseline_metrics, outcome.metrics)},
                           fine_tuned_model=model_id,
                           trained_tokens=outcome.trained_tokens, metrics=outcome.metrics, progress=final_progress,
-                          result_files=[results.id], hyperparameters=hyperparameters,
+                          result_files=results, hyperparameters=hyperparameters,
                           method=method_object(method_type(job.method), hyperparameters)):
             raise TrainingError("job_state_changed", "The job was moved by someone else while it trained.")
+    if events:  # kept in the result file now; no attempt adds to them any more
+        storage.delete(f"{naming.checkpoints_prefix(job.project_id, job.id)}/{TENSORBOARD_FOLDER}")
     return "succeeded"

@@ -120,6 +120,9 @@ def _run_processes(spec, train_file, valid_file, output_dir: Path, work_dir: Pat
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(_free_port()), "-m", "worker.launcher", str(folder)]
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // devices))}
+    # prometheus_client would give every metric of these processes a file named by their pid (so, new files
+    # for every job); they write theirs only once configured, under their slot (worker/metrics.py).
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     with open(folder / PROCESS_LOG, "ab") as log:
         return subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=env)
 
@@ -180,7 +183,7 @@ def _main(folder: Path) -> None:
 
     job = json.loads((folder / "job.json").read_text())
     spec_fields = job["spec"]
-    for key in ("checkpoint_dir", "resume_from", "token_cache_dir", "init_adapter"):
+    for key in ("checkpoint_dir", "resume_from", "token_cache_dir", "init_adapter", "tensorboard_dir"):
         spec_fields[key] = Path(spec_fields[key]) if spec_fields.get(key) else None
     spec = TrainingSpec(**spec_fields)
     files = [DataFile(**{**f, "path": Path(f["path"]), "limits": ScanLimits(**f["limits"])}) if f else None

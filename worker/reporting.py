@@ -16,6 +16,7 @@ from app.ids import new_id
 from app.jobs import improvement, naming
 from app.jobs.events import append_event
 from app.jobs.method import method_object, method_type
+from app.jobs.results import TENSORBOARD_FOLDER
 from app.jobs.scheduling import renew_lease
 from app.storage import get_storage
 
@@ -69,6 +70,8 @@ class DatabaseReporter:
         storage = get_storage()
         # Stored (trainer_state.json last: it marks a checkpoint complete) before anyone is told of it.
         storage.push(self.checkpoints_prefix, f"checkpoint-{step}", last="trainer_state.json")
+        # The TensorBoard events so far go with it: an attempt on another machine adds to them.
+        storage.push(self.checkpoints_prefix, TENSORBOARD_FOLDER)
         with session_scope() as session:
             # The Trainer rotated old checkpoints away before telling us: forget those too.
             for old in session.scalars(select(Checkpoint).where(Checkpoint.job_id == self.job_id)):

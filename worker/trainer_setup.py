@@ -4,7 +4,7 @@ progress, evaluations and checkpoints. Part of the pure training core: no Celery
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ class Attempt:
     progress_interval_s: float
     callbacks: list  # operators' callbacks (FT_TRAINER_CALLBACKS) and a caller's own
     distributed: bool
+    report_to: list[str] = field(default_factory=list)  # transformers' reporting callbacks (worker/trackers.py)
 
 
 def is_dpo(spec) -> bool:
@@ -174,7 +175,7 @@ def training_arguments(spec, attempt: Attempt, on_gpu: bool):
         load_best_model_at_end=early_stopping,
         metric_for_best_model="eval_loss" if early_stopping else None,
         greater_is_better=False if early_stopping else None,
-        report_to="none",
+        report_to=attempt.report_to or "none",
         disable_tqdm=True,
         seed=spec.seed,
         data_seed=spec.seed,

@@ -22,6 +22,7 @@ from worker.callbacks import NullReporter, Reporter
 from worker.preparation import DataFile, EmptyTrainingFile, prepare
 from worker.token_cache import TokenCache
 from worker.dpo import BEFORE_TRAINING
+from worker.trackers import tracking
 from worker.trainer_setup import Attempt, build_trainer, is_dpo
 
 __all__ = ["DataFile", "TrainingSpec", "TrainingError", "TrainingOutcome", "train", "latest_checkpoint"]
@@ -54,6 +55,10 @@ class TrainingSpec:
     # Extra Trainer callbacks as "module:Class" import paths (FT_TRAINER_CALLBACKS): names, not objects,
     # so that a spec travels to the processes of a multi-process job as JSON.
     callbacks: list[str] = field(default_factory=list)
+    # Where TensorBoard event files go (None: none are written), and the W&B / MLflow runs to log to
+    # (worker/trackers.py: tracker_runs), as JSON like the rest of the spec.
+    tensorboard_dir: Path | None = None
+    integrations: list[dict[str, Any]] = field(default_factory=list)
 
 
 def service_config(spec: TrainingSpec, hyperparameters: dict[str, Any],
@@ -105,18 +110,22 @@ def train(spec: TrainingSpec, train_file: DataFile, valid_file: DataFile | None,
     flops = training_flops(parameter_count(Path(spec.base_model_path)),
                            data.tokens_per_epoch * float(requested["n_epochs"]), bool(requested.get("adapter")),
                            reference=is_dpo(spec))
-    attempt = Attempt(task, tokenizer, runtime.runtime_choices(requested, task, training_flops=flops), data, reporter,
-                      work_dir, progress_interval_s, callbacks, _distributed())
-    trainer, progress, result = _fit(spec, attempt)
-    hyperparameters = attempt.hyperparameters
-    outcome = TrainingOutcome(steps=result.global_step, hyperparameters=hyperparameters,
-                              trained_tokens=int(data.tokens_per_epoch * float(hyperparameters["n_epochs"])),
-                              stopped=progress.stop_requested)
-    if progress.stop_requested:
-        return outcome
-    outcome.metrics = _final_metrics(trainer, progress, result, attempt)
-    if trainer.is_world_process_zero():
-        _save(trainer, tokenizer, hyperparameters, spec, outcome, output_dir)
+    hyperparameters = runtime.runtime_choices(requested, task, training_flops=flops)
+    first = int(os.environ.get("RANK", "0")) == 0
+    with tracking(spec.integrations, spec.tensorboard_dir, work_dir, hyperparameters, reporter, first) as trackers:
+        attempt = Attempt(task, tokenizer, hyperparameters, data, reporter, work_dir, progress_interval_s,
+                          [*callbacks, *trackers.callbacks], _distributed(), trackers.report_to)
+        trainer, progress, result = _fit(spec, attempt)
+        hyperparameters = attempt.hyperparameters
+        outcome = TrainingOutcome(steps=result.global_step, hyperparameters=hyperparameters,
+                                  trained_tokens=int(data.tokens_per_epoch * float(hyperparameters["n_epochs"])),
+                                  stopped=progress.stop_requested)
+        if progress.stop_requested:
+            trackers.outcome = "cancelled" if progress.stop_requested == "cancel" else "paused"
+            return outcome
+        outcome.metrics = _final_metrics(trainer, progress, result, attempt)  # logged to the trackers too
+        if trainer.is_world_process_zero():
+            _save(trainer, tokenizer, hyperparameters, spec, outcome, output_dir)
     del trainer
     _free_accelerator_memory()
     return outcome

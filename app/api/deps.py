@@ -31,9 +31,16 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 
-# Declares the bearer scheme in the OpenAPI document (so /docs and generated clients send the key); the
-# gate has checked the key already.
-_bearer = HTTPBearer(auto_error=False, description="An API key of the project: `Authorization: Bearer sk-ft-…`")
+class _DeclaredBearer(HTTPBearer):
+    """Declares the bearer scheme in the OpenAPI document (so /docs and generated clients send the key).
+    The gate has checked the key already: reading the header again would be work for nothing."""
+
+    async def __call__(self, request: Request) -> None:
+        return None
+
+
+_bearer = _DeclaredBearer(scheme_name="HTTPBearer", auto_error=False,
+                          description="An API key of the project: `Authorization: Bearer sk-ft-…`")
 _request_rate = RequestRate()
 
 WHAT_SCOPES_ALLOW = {"predict": "predictions, completions and reading models",
@@ -41,33 +48,38 @@ WHAT_SCOPES_ALLOW = {"predict": "predictions, completions and reading models",
                      "admin": "managing the project's API keys"}
 
 
-# The checks are coroutines: they do no blocking work, and a sync dependency would cost the serving hot
-# path a thread hop.
+def _caller(request: Request, needed: str) -> Caller:
+    found: Caller | None = getattr(request.state, "caller", None)
+    if found is None:  # only routes under /v1 take a key, and the gate authenticates all of them
+        raise ApiError(401, "Missing API key: send 'Authorization: Bearer <key>'.", code="missing_api_key")
+    if not found.allows(needed):
+        raise ApiError(403, f"This API key has the '{found.scope}' scope, which allows "
+                            f"{WHAT_SCOPES_ALLOW[found.scope]}; this call needs a '{needed}' key. Ask an admin of "
+                            "the project for one.", code="insufficient_scope")
+    return found
+
+
+# The checks are coroutines that depend on nothing but the request: they do no blocking work (a sync
+# dependency would cost a thread hop), and each level of dependencies costs FastAPI work per request.
 def _allowed(needed: str):
     async def caller(request: Request,
-               _: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None) -> Caller:
-        found: Caller | None = getattr(request.state, "caller", None)
-        if found is None:  # only routes under /v1 take a key, and the gate authenticates all of them
-            raise ApiError(401, "Missing API key: send 'Authorization: Bearer <key>'.", code="missing_api_key")
-        if not found.allows(needed):
-            raise ApiError(403, f"This API key has the '{found.scope}' scope, which allows "
-                                f"{WHAT_SCOPES_ALLOW[found.scope]}; this call needs a '{needed}' key. Ask an admin of "
-                                "the project for one.", code="insufficient_scope")
-        return found
+                     _: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None) -> Caller:
+        return _caller(request, needed)
     return caller
 
 
 def _project(needed: str):
-    # The dependency is a default value, not an annotation: annotations are strings here (PEP 563) and
-    # FastAPI could not resolve a closure's name in them.
-    async def project(caller: Caller = Depends(_allowed(needed))) -> ProjectRef:
-        return caller.project
+    async def project(request: Request,
+                      _: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None) -> ProjectRef:
+        return _caller(request, needed).project
     return project
 
 
-async def _serving_project(caller: Caller = Depends(_allowed("predict"))) -> ProjectRef:
-    _request_rate.take(caller.project)
-    return caller.project
+async def _serving_project(request: Request,
+                           _: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None) -> ProjectRef:
+    project = _caller(request, "predict").project
+    _request_rate.take(project)
+    return project
 
 
 ReaderProjectDep = Annotated[ProjectRef, Depends(_project("predict"))]

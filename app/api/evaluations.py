@@ -59,6 +59,6 @@ def list_evaluation_events(evaluation_id: str, request: Request, session: Sessio
     job = service.get_evaluation(session, project, evaluation_id)
     if stream or "text/event-stream" in request.headers.get("accept", ""):
         slot = request.app.state.stream_slots.acquire(project)  # 429 past the project's open-stream quota
-        start = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
-        return EventSourceResponse(follow(job.id, start, slot), ping=settings.sse_ping_s)
+        start = int(last_event_id) if last_event_id and last_event_id.isdigit() and len(last_event_id) <= 18 else 0
+        return EventSourceResponse(follow(job.id, start, request.app.state.event_bus, slot), ping=settings.sse_ping_s)
     return page_of(list_events(session, job, after, limit), limit, event_object)

@@ -6,22 +6,23 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
-from starlette.datastructures import UploadFile
+from fastapi.responses import FileResponse, Response
 
 from app.api.deps import ProjectDep, SessionDep, SettingsDep, StorageDep
-from app.api.presenters import file_object
-from app.errors import ApiError
+from app.api.presenters import answer, file_object
+from app.api.upload_stream import UploadStream
 from app.schemas.common import Deleted, ListPage, page_of
 from app.schemas.files import FileObject, FilePreview
 from app.services import files as service
-from app.services.quotas import storage_exceeded, upload_allowance
+from app.services import reads
+from app.services.quotas import upload_allowance
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
 
 # The body is read by the route itself (not declared as File/Form parameters, which FastAPI would read
-# first): the project's file and storage quotas are checked before a byte of the upload is spooled.
+# first): the project's file and storage quotas are checked before a byte of the upload is read, and
+# the file goes from the network to storage in one pass (upload_stream.py).
 _UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"],
     "properties": {"file": {"type": "string", "format": "binary", "description": "CSV, TSV, JSONL or Parquet."},
@@ -35,16 +36,17 @@ async def upload_file(request: Request, session: SessionDep, storage: StorageDep
     the answer has its rows, columns, detected task and column mapping, and every problem found with its
     line and column (status `error` when there are errors)."""
     allowance = await run_in_threadpool(upload_allowance, session, project)
-    form = await request.form(max_files=1, max_fields=8)
-    file, purpose = form.get("file"), form.get("purpose") or "fine-tune"
-    if not isinstance(file, UploadFile):
-        raise ApiError(400, "Send the dataset as the multipart field 'file'.", param="file", code="missing_file")
-    if not isinstance(purpose, str):
-        raise ApiError(400, "'purpose' must be a text field.", param="purpose")
-    if file.size is not None and file.size > allowance:
-        raise storage_exceeded(project)
-    record = await service.ingest(session, storage, project, file, file.filename or "upload", purpose,
-                                  min(settings.max_upload_bytes, allowance))
+    body = UploadStream(request)
+    try:
+        await body.open()
+        # Written to storage as it arrives, within the smaller of the upload limit and the quota left.
+        record = await service.ingest(session, storage, project, body, body.filename or "upload",
+                                      body.fields.get("purpose"), min(settings.max_upload_bytes, allowance),
+                                      rest_of_body=body.finish,
+                                      quota_bound=allowance < settings.max_upload_bytes)
+    except Exception:
+        await body.discard()
+        raise
     return file_object(record)
 
 
@@ -56,9 +58,9 @@ def list_files(session: SessionDep, project: ProjectDep, after: str | None = Non
 
 
 @router.get("/{file_id}", response_model=FileObject)
-def get_file(file_id: str, session: SessionDep, project: ProjectDep) -> FileObject:
+async def get_file(file_id: str, project: ProjectDep) -> Response:
     """The file, with its validation report."""
-    return file_object(service.get_file(session, project, file_id))
+    return await answer(lambda: file_object(reads.file(project, file_id)))
 
 
 @router.get("/{file_id}/content", response_class=FileResponse, responses={200: {

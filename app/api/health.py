@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hmac
 import logging
+import threading
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Header
@@ -13,9 +15,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from app.api.deps import SettingsDep
-from app.db.engine import get_engine
+from app.config import Settings
+from app.db.engine import get_engine, session_scope
 from app.errors import ApiError
-from app.jobs import queue
+from app.jobs import counts, queue
+from app.observability import record_job_counts
 from app.schemas.operations import Health, Readiness
 from app.storage import get_storage
 
@@ -36,7 +40,30 @@ def metrics(settings: SettingsDep, authorization: Annotated[str | None, Header()
     if settings.metrics_token and not hmac.compare_digest((authorization or "").encode(),
                                                           f"Bearer {settings.metrics_token}".encode()):
         raise ApiError(401, "GET /metrics needs 'Authorization: Bearer <FT_METRICS_TOKEN>'.", code="invalid_token")
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    with _scrape:
+        if settings.serve_mode == "all":  # serving replicas answer predictions; the control plane counts jobs
+            _count_jobs(settings)
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+# Several scrapers (or replicas' health checks) at once read the database at most once a second.
+_scrape = threading.Lock()
+_counted_at = 0.0
+COUNT_EVERY_S = 1.0
+
+
+def _count_jobs(settings: Settings) -> None:
+    """The job gauges from the database; if it cannot be reached, the last counts stay and the log says why
+    (the process's other series are still worth a scrape)."""
+    global _counted_at
+    if time.monotonic() - _counted_at < COUNT_EVERY_S:
+        return
+    try:
+        with session_scope() as session:
+            record_job_counts(counts.jobs_by_status(session), counts.queue_depths(session, settings.gpu_queue))
+        _counted_at = time.monotonic()
+    except Exception:
+        log.exception("could not count jobs for /metrics")
 
 
 def _check(name: str, probe) -> str:

@@ -6,14 +6,17 @@ import re
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
 from sse_starlette import EventSourceResponse
 
 from app.api.deps import ProjectDep, SessionDep, SettingsDep
-from app.api.presenters import checkpoint_object, event_object, job_object
+from app.api.presenters import answer, checkpoint_object, event_object, job_object
 from app.jobs.results import metrics_series
 from app.schemas.common import ListPage, page_of
 from app.schemas.jobs import CheckpointObject, EventObject, JobCreate, JobEstimate, JobMetrics, JobObject
 from app.services import jobs as service
+from app.services import reads
 from app.services.estimates import estimate
 from app.services.event_stream import follow
 from app.services.job_planning import plan_job
@@ -38,17 +41,18 @@ def estimate_job(body: JobCreate, session: SessionDep, settings: SettingsDep, pr
 
 
 @router.get("", response_model=ListPage[JobObject])
-def list_jobs(request: Request, session: SessionDep, project: ProjectDep, after: str | None = None,
-              limit: Annotated[int, Query(ge=1, le=100)] = 20, status: str | None = None):
+async def list_jobs(request: Request, project: ProjectDep, after: str | None = None,
+                    limit: Annotated[int, Query(ge=1, le=100)] = 20, status: str | None = None) -> Response:
     """The project's jobs, newest first; filter by `status` and by `metadata[key]=value`."""
     metadata = {m.group(1): v for k, v in request.query_params.items() if (m := _METADATA_PARAM.match(k))}
-    return page_of(service.list_jobs(session, project, after, limit, status, metadata), limit, job_object)
+    return await answer(lambda: ListPage[JobObject](
+        **page_of(reads.jobs(project, after, limit, status, metadata), limit, job_object)))
 
 
 @router.get("/{job_id}", response_model=JobObject)
-def get_job(job_id: str, session: SessionDep, project: ProjectDep) -> JobObject:
+async def get_job(job_id: str, project: ProjectDep) -> Response:
     """The job, with its progress (step, percent, ETA, throughput) and latest metrics."""
-    return job_object(service.get_job(session, project, job_id))
+    return await answer(lambda: job_object(reads.job(project, job_id)))
 
 
 @router.post("/{job_id}/cancel", response_model=JobObject)
@@ -71,20 +75,21 @@ def resume_job(job_id: str, session: SessionDep, project: ProjectDep) -> JobObje
 
 @router.get("/{job_id}/events", response_model=ListPage[EventObject],
             responses={200: {"content": {"text/event-stream": {}}}})
-def list_events(job_id: str, request: Request, session: SessionDep, settings: SettingsDep, project: ProjectDep,
-                after: str | None = None,
-                limit: Annotated[int, Query(ge=1, le=1000)] = 20, stream: bool = False,
-                last_event_id: Annotated[str | None, Header()] = None):
+async def list_events(job_id: str, request: Request, settings: SettingsDep, project: ProjectDep,
+                      after: str | None = None,
+                      limit: Annotated[int, Query(ge=1, le=1000)] = 20, stream: bool = False,
+                      last_event_id: Annotated[str | None, Header()] = None) -> Response:
     """The job's events, newest first; with `stream=true` (or `Accept: text/event-stream`) a live
     Server-Sent Events stream, resumable with `Last-Event-ID`, that ends after the job's last event."""
-    job = service.get_job(session, project, job_id)
     if stream or "text/event-stream" in request.headers.get("accept", ""):
-        # 429 past the project's open-stream quota. The request's session closes when this returns: the
-        # stream polls with short sessions of its own and holds no connection while it waits.
+        job = await run_in_threadpool(reads.job, project, job_id)  # a 404 before the stream starts
+        # 429 past the project's open-stream quota. The stream holds no database connection while it
+        # waits: the process's event bus wakes it (app.services.event_bus).
         slot = request.app.state.stream_slots.acquire(project)
-        start = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
-        return EventSourceResponse(follow(job.id, start, slot), ping=settings.sse_ping_s)
-    return page_of(service.list_events(session, job, after, limit), limit, event_object)
+        start = int(last_event_id) if last_event_id and last_event_id.isdigit() and len(last_event_id) <= 18 else 0
+        return EventSourceResponse(follow(job.id, start, request.app.state.event_bus, slot), ping=settings.sse_ping_s)
+    return await answer(lambda: ListPage[EventObject](
+        **page_of(reads.events(project, job_id, after, limit), limit, event_object)))
 
 
 @router.get("/{job_id}/checkpoints", response_model=ListPage[CheckpointObject])

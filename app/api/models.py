@@ -7,17 +7,17 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from app.api.deps import ProjectDep, ReaderProjectDep, ServingProjectDep, SessionDep, SettingsDep, StorageDep
-from app.api.presenters import model_object
+from app.api.presenters import answer, model_object
 from app.db.engine import after_commit
 from app.errors import bad_request
 from app.ml.artifacts import iter_archive
 from app.ml.tasks import get_task
 from app.schemas.models import DeletedModel, ModelList, ModelObject, PredictRequest
 from app.services import models as service
-from app.services import serving
+from app.services import reads, serving
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 _PREDICTIONS = {200: {"description": "One output per input, shaped as the Hugging Face Inference API shapes the "
@@ -68,9 +68,9 @@ async def download_model(model_id: str, session: SessionDep, settings: SettingsD
 
 
 @router.get("/{model_id:path}", response_model=ModelObject)
-def get_model(model_id: str, session: SessionDep, settings: SettingsDep, project: ReaderProjectDep) -> ModelObject:
+async def get_model(model_id: str, settings: SettingsDep, project: ReaderProjectDep) -> Response:
     """A base model on offer, or one of the project's fine-tuned models."""
-    return model_object(service.get_model(session, settings, project, model_id))
+    return await answer(lambda: model_object(reads.model(settings, project, model_id)))
 
 
 @router.delete("/{model_id:path}", response_model=DeletedModel)

@@ -2,7 +2,8 @@
 statistics and every problem found, each with its line (or row) and column.
 
 Nothing here holds the whole file, nor more than a bounded part of it (ScanLimits): CSV/TSV/JSONL are
-read line by line with each line bounded, Parquet by row group and record batch with each row measured
+read by Arrow in blocks of a few megabytes (app/data/fast) or, when the file has problems to report,
+line by line with each line bounded, Parquet by row group and record batch with each row measured
 before it becomes Python. The statistics are what jobs are later validated against, so a job can be
 refused with a precise message without reading the file again. Training, job checks and estimates read
 the rows through iter_records with the same limits, so what was validated is what is trained on."""
@@ -15,14 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from app.data.delimited import scan_delimited
+from app.data.fast import fast_scan, fast_scan_source
+from app.data.fast.raw import read_up_to
 from app.data.jsonl import scan_jsonl
 from app.data.limits import ScanLimits
 from app.data.profile import ColumnStats, Problem, ScanResult, value_key
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet")
+_HEAD_BYTES = 4096  # what the format is recognised by
 
 __all__ = ["FORMATS", "ColumnStats", "Problem", "ScanLimits", "ScanResult", "UnreadableFile", "iter_numbered_records",
-           "iter_records", "scan_file", "sniff_format", "value_key"]
+           "iter_records", "scan_arriving", "scan_file", "sniff_format", "value_key"]
 
 
 class UnreadableFile(Exception):
@@ -47,10 +51,12 @@ def sniff_format(head: bytes, filename: str = "") -> str:
     return "tsv" if filename.lower().endswith(".tsv") else "csv"
 
 
-def scan_file(path: Path, filename: str = "", limits: ScanLimits | None = None) -> ScanResult:
+def scan_file(path: Path, filename: str = "", limits: ScanLimits | None = None, exact: bool = False) -> ScanResult:
+    """The file's report. CSV, TSV and JSONL go through the fast path first (app/data/fast), which hands
+    over to the exact path for any file it cannot report exactly; ``exact`` skips it."""
     limits = limits or ScanLimits()
     with open(path, "rb") as fh:
-        head = fh.read(4096)
+        head = fh.read(_HEAD_BYTES)
     if not head.removeprefix(codecs.BOM_UTF8).strip():
         result = ScanResult(format=None, limits=limits)
         result.error("The file is empty. Upload a CSV, TSV, JSONL or Parquet file with a header and rows.")
@@ -61,12 +67,48 @@ def scan_file(path: Path, filename: str = "", limits: ScanLimits | None = None) 
         result = ScanResult(format=None, limits=limits)
         result.error(str(exc), line=1)
         return result
+    if not exact and fmt != "parquet":
+        fast = fast_scan(path, fmt, limits)
+        if fast is not None:
+            return fast
     result = ScanResult(format=fmt, limits=limits)
     for line, record in _records(path, fmt, result):
         result.add_row(record, line)
     if result.rows == 0 and not result.errors:
         result.error("The file has no data rows.")
     return result
+
+
+def scan_arriving(source, filename: str = "", limits: ScanLimits | None = None) -> ScanResult | None:
+    """The report of an upload read as it arrives from ``source`` (a blocking ``read(n)``, fast/feed.py),
+    by the fast path; None when the file, once stored, must go through ``scan_file`` (empty, Parquet, not
+    recognised, or anything the fast path hands over)."""
+    head = read_up_to(source, _HEAD_BYTES)
+    if not head.removeprefix(codecs.BOM_UTF8).strip():
+        return None
+    try:
+        fmt = sniff_format(head, filename)
+    except UnreadableFile:
+        return None
+    if fmt == "parquet":
+        return None
+    return fast_scan_source(_Replay(head, source), fmt, limits or ScanLimits(), filename or "upload")
+
+
+class _Replay:
+    """A source read again from its first byte, the first ``head`` bytes being already read."""
+
+    def __init__(self, head: bytes, source):
+        self._head, self._source = head, source
+
+    def read(self, size: int = -1) -> bytes:
+        if self._head:
+            if 0 <= size < len(self._head):
+                part, self._head = self._head[:size], self._head[size:]
+                return part
+            part, self._head = self._head, b""
+            return part
+        return self._source.read(size)
 
 
 def iter_records(path: Path, fmt: str, limits: ScanLimits | None = None) -> Iterator[dict[str, Any]]:

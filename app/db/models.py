@@ -93,6 +93,8 @@ class Job(Base):
     suffix: Mapped[str | None] = mapped_column(String(64), nullable=True)
     seed: Mapped[int] = mapped_column(Integer)
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
+    # Experiment trackers the training logs to, as the client asked (OpenAI's ``integrations``).
+    integrations: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
     method: Mapped[dict[str, Any]] = mapped_column(default=dict)
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # GPUs (processes on CPU) the job trains on: which workers may take it (their queue), and which

@@ -1,4 +1,5 @@
-"""Job events: an append-only log with a per-job sequence number (the SSE ``id:``)."""
+"""Job events: an append-only log with a per-job sequence number (the SSE ``id:``). Writing one also
+wakes the job's followers once the transaction commits (:mod:`app.jobs.notify`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from app.db.models import Job, JobEvent, now
 from app.ids import new_id
+from app.jobs.notify import announce
 
 
 def append_event(
@@ -29,4 +31,5 @@ def append_event(
         message=message, data=data,
     )
     session.add(event)
+    announce(session, job_id)
     return event

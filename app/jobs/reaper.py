@@ -44,19 +44,23 @@ def _give_back_or_fail(session, job: Job, moment: int, settings: Settings) -> bo
     """A job whose worker was lost: cancelled if that was asked, failed past FT_MAX_ATTEMPTS losses, else
     queued again (True: it needs a new turn)."""
     where = job.worker_id or "an unknown worker"
+    # Evaluations share the job table and its lease; their events speak of what the client created.
+    noun, resumes = (("Evaluation", "it will run again from the start") if job.kind == "evaluation"
+                     else ("Job", "it will resume from its last checkpoint"))
     if job.cancel_requested:
-        transition(session, job.id, states.RUNNING, states.CANCELLED, f"Job cancelled (its worker {where} was lost).")
+        transition(session, job.id, states.RUNNING, states.CANCELLED,
+                   f"{noun} cancelled (its worker {where} was lost).")
         return False
     if job.interruptions + 1 >= settings.max_attempts:
         error = {"code": "worker_lost",
-                 "message": f"The worker running this job stopped responding {job.interruptions + 1} times "
+                 "message": f"The worker running this {noun.lower()} stopped responding {job.interruptions + 1} times "
                             f"(last: {where}); it was not retried again. Check the workers' logs for "
-                            "crashes or the out-of-memory killer, then create the job again."}
-        transition(session, job.id, states.RUNNING, states.FAILED, f"Job failed: {error['message']}", level="error",
+                            f"crashes or the out-of-memory killer, then create the {noun.lower()} again."}
+        transition(session, job.id, states.RUNNING, states.FAILED, f"{noun} failed: {error['message']}", level="error",
                    error=error, interruptions=job.interruptions + 1)
         return False
     return transition(session, job.id, states.RUNNING, states.QUEUED,
-                      f"Worker {where} stopped responding; job re-queued, it will resume from its last checkpoint.",
+                      f"Worker {where} stopped responding; {noun.lower()} re-queued, {resumes}.",
                       level="warning", interruptions=job.interruptions + 1, worker_id=None, enqueued_at=moment,
                       data={"interruptions": job.interruptions + 1})
 

@@ -21,7 +21,7 @@ from anyio.to_thread import run_sync as run_in_thread
 
 from app.ml.inference import LoadedModel, predict
 from app.ml.tasks import FieldProblem, get_task
-from app.observability import BATCH_INPUTS, PREDICT_BATCHES, PREDICT_INPUTS, PREDICT_REQUESTS
+from app.observability import BATCH_INPUTS, PREDICT_BATCHES, PREDICT_INPUTS, PREDICT_LATENCY, PREDICT_REQUESTS
 
 
 # What runs a batch: (model, inputs, parameters, batch size) → one output per input, in a worker thread.
@@ -57,14 +57,15 @@ class MicroBatcher:
                      alone: bool = False) -> list[Any]:
         PREDICT_REQUESTS.labels(loaded.task).inc()
         PREDICT_INPUTS.labels(loaded.task).inc(len(inputs))
-        if run is predict:
-            parameters = await _checked(loaded, inputs, parameters)
-        self._loaded = loaded  # the newest load (the cache may have reloaded it)
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run())
-        request = _Request(inputs, parameters, asyncio.get_running_loop().create_future(), run, alone)
-        await self._queue.put(request)
-        return await request.future
+        with PREDICT_LATENCY.labels(loaded.task).time():  # answers and errors alike: both kept a client waiting
+            if run is predict:
+                parameters = await _checked(loaded, inputs, parameters)
+            self._loaded = loaded  # the newest load (the cache may have reloaded it)
+            if self._task is None or self._task.done():
+                self._task = asyncio.get_running_loop().create_task(self._run())
+            request = _Request(inputs, parameters, asyncio.get_running_loop().create_future(), run, alone)
+            await self._queue.put(request)
+            return await request.future
 
     def close(self) -> None:
         if self._task is not None:

@@ -161,20 +161,22 @@ def render_batch(template: str, variables: dict[str, Any], items: list[dict]) ->
         allowed = settings.template_timeout_s * sum(_renderings(item) for item in items[start:end])
         if budget_s is not None:
             allowed = min(allowed, budget_s)
-        answers = _exchange(_request_line(head, encoded[start:end], limits),
-                            time.monotonic() + allowed + DEADLINE_MARGIN_S, start)
+        answers = _exchange(_request_line(head, encoded[start:end], limits), allowed + DEADLINE_MARGIN_S, start)
         if budget:
             budget.spend_chars(sum(len(answer["text"]) for answer in answers))
         results.extend(answers)
     return results
 
 
-def _exchange(request: bytes, deadline: float, first_index: int) -> list[dict]:
-    """One request to a helper, its answers read until ``done``. A helper that died before it read the
-    request (killed while idle) is replaced once, transparently; one that dies or misses the deadline
-    while rendering is replaced and the item it was on is blamed."""
+def _exchange(request: bytes, allowed_s: float, first_index: int) -> list[dict]:
+    """One request to a helper, its answers read until ``done`` or ``allowed_s`` seconds. A helper that
+    died before it read the request (killed while idle) is replaced once, transparently; one that dies or
+    misses the deadline while rendering is replaced and the item it was on is blamed."""
     for attempt in range(2):
         helper = pool.acquire()
+        # The clock starts once a helper is in hand: starting one (a cold interpreter, seconds on a loaded
+        # machine) is the service's cost, never charged to the client's template.
+        deadline = time.monotonic() + allowed_s
         answers: list[dict] = []
         healthy = False
         try:

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from app.ml.hyperparams import PRECISIONS, SCHEDULERS
+from app.schemas.integrations import MAX_INTEGRATIONS, Integration
 
 Auto = Literal["auto"]
 
@@ -103,7 +104,10 @@ class JobCreate(BaseModel):
     method: Method | None = None
     # The legacy top-level form the OpenAI API still accepts.
     hyperparameters: Hyperparameters | None = None
-    integrations: list[Any] | None = None
+    integrations: list[Integration] | None = Field(default=None, max_length=MAX_INTEGRATIONS,
+                                                   description="Experiment trackers the training logs to: "
+                                                   "{\"type\": \"wandb\", \"wandb\": {\"project\", …}}, mlflow, "
+                                                   "tensorboard (see docs/api.md).")
     task: str = "auto"
     column_mapping: dict[str, str] | None = None
     adapter: Adapter | None = None
@@ -162,7 +166,8 @@ class JobObject(BaseModel):
     training_file: str
     validation_file: str | None
     metadata: dict[str, str] | None
-    integrations: list[Any] = []
+    integrations: list[dict[str, Any]] = Field(default=[], description="The experiment trackers the job logs to, "
+                                                                    "as asked for.")
     estimated_finish: int | None
     user_provided_suffix: str | None
     task: str

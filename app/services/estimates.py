@@ -63,6 +63,8 @@ def tokens_per_row(planned) -> tuple[float, float]:
             canonical = [task.row(record, planned.mapping, plan) for _, record in chunk]
             batch = {key: [row[key] for row in canonical] for key in canonical[0]}
             batch["line"] = [line for line, _ in chunk]  # so a row the template fails on can be named
+            # As in training (worker/preparation.py): tasks that split a row into windows (QA) group by it.
+            batch["row_id"] = list(range(done, done + len(chunk)))
             try:
                 encoded = task.tokenize(batch, tokenizer, plan, int(hyperparameters["max_seq_length"]))
             except TemplateLimitError as exc:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+from collections.abc import Awaitable, Callable
 from typing import Any, BinaryIO
 
 from sqlalchemy import or_, select
@@ -10,7 +12,8 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.config import get_settings
-from app.data.scan import FORMATS, ScanLimits, iter_records, scan_file
+from app.data.fast.feed import Feed, Tee, UploadAborted
+from app.data.scan import FORMATS, ScanLimits, iter_records, scan_arriving, scan_file
 from app.db.engine import after_commit
 from app.db.models import File, Job
 from app.errors import ApiError, not_found
@@ -19,6 +22,7 @@ from app.jobs.naming import file_key
 from app.jobs.states import TERMINAL
 from app.ml.tasks import detect_task
 from app.services.keys import ProjectRef
+from app.services.quotas import storage_exceeded
 from app.storage import Storage, TooLarge
 
 PURPOSES = ("fine-tune",)
@@ -29,20 +33,43 @@ PREVIEW_MAX_TOTAL = 1_000_000  # characters and items in all rows shown; past it
 
 
 async def ingest(session: Session, storage: Storage, project: ProjectRef, upload: BinaryIO, filename: str,
-                 purpose: str, max_bytes: int, limits: ScanLimits | None = None) -> File:
-    if purpose not in PURPOSES:
-        raise ApiError(400, f"purpose must be one of: {', '.join(PURPOSES)}.", param="purpose")
+                 purpose: str | None, max_bytes: int, limits: ScanLimits | None = None, *,
+                 rest_of_body: Callable[[], Awaitable[dict[str, str]]] | None = None,
+                 quota_bound: bool = False) -> File:
+    """Store and scan an upload. ``upload`` is read once, as it arrives (``read`` may be async);
+    ``rest_of_body``, for a body that goes on after the file, reads it and returns the text fields (a
+    purpose sent after the file counts). Past ``max_bytes``: 413, or the storage quota's 429 when the
+    quota is what set it (``quota_bound``)."""
+    if purpose:
+        _check_purpose(purpose)
     file_id = new_id("file")  # time-ordered: lists page by id
     key = file_key(project.id, file_id)
+    limits = limits or ScanLimits.from_settings(get_settings())
+    # The scan reads the bytes as they arrive, on a thread of its own, while storage writes them.
+    feed = Feed(asyncio.get_running_loop())
+    scanning = asyncio.ensure_future(run_in_threadpool(_scan_arriving, feed, filename, limits))
     try:
-        blob = await storage.save_upload(key, upload, max_bytes)
-    except TooLarge:
-        raise ApiError(413, f"The file is larger than the {max_bytes}-byte limit (FT_MAX_UPLOAD_BYTES). "
-                            "Split it or ask the operator to raise the limit.", param="file", code="file_too_large")
+        blob = await storage.save_upload(key, Tee(upload, feed), max_bytes)
+        feed.end()
+    except BaseException as exc:
+        feed.abort()  # the scan stops at its next read
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        await asyncio.wait([scanning])
+        if not isinstance(exc, TooLarge):
+            raise
+        if quota_bound:
+            raise storage_exceeded(project) from None
+        raise ApiError(413, f"The file is larger than the {max_bytes}-byte limit (FT_MAX_UPLOAD_BYTES). Split it "
+                            "or ask the operator to raise the limit.", param="file", code="file_too_large") from None
     try:
-        # Scanning reads the whole file: off the event loop, so other requests are served meanwhile.
-        scan = await run_in_threadpool(scan_file, storage.local_path(key), filename,
-                                       limits or ScanLimits.from_settings(get_settings()))
+        if rest_of_body is not None:
+            purpose = (await rest_of_body()).get("purpose") or purpose
+        purpose = purpose or "fine-tune"
+        _check_purpose(purpose)
+        # What the fast path hands over is read again, stored, by the exact path (off the event loop).
+        scan = await scanning or await run_in_threadpool(scan_file, storage.local_path(key), filename, limits,
+                                                         exact=True)
         detected = detect_task(scan.profile()) if not scan.errors else None
         if detected is None and not scan.errors:
             scan.warn("No task could be detected from the columns; give 'task' and 'column_mapping' when "
@@ -61,6 +88,20 @@ async def ingest(session: Session, storage: Storage, project: ProjectRef, upload
         storage.delete(key)  # nothing half-made: no row without bytes, no bytes without a row
         raise
     return record
+
+
+def _scan_arriving(feed: Feed, filename: str, limits: ScanLimits):
+    try:
+        return scan_arriving(feed, filename, limits)
+    except UploadAborted:
+        return None
+    finally:
+        feed.close()  # finished, or handing over: the upload no longer waits for the scan
+
+
+def _check_purpose(purpose: str) -> None:
+    if purpose not in PURPOSES:
+        raise ApiError(400, f"purpose must be one of: {', '.join(PURPOSES)}.", param="purpose")
 
 
 def _warn_missing(scan, mapping: dict[str, str]) -> None:

@@ -22,6 +22,7 @@ from app.jobs.lifecycle import transition
 from app.jobs.method import method_object
 from app.jobs.queue import enqueue_after_commit
 from app.schemas.jobs import JobCreate
+from app.services.integrations import checked_integrations
 from app.services.job_planning import plan_job
 from app.services.keys import ProjectRef
 from app.services.quotas import check_active_jobs
@@ -41,6 +42,7 @@ def create_job(session: Session, settings: Settings, project: ProjectRef, body: 
         if existing is not None:
             return existing
     check_active_jobs(session, project)  # before the work of checking the files
+    integrations = checked_integrations(body.integrations, settings)
 
     planned = plan_job(session, settings, project, body)
     body, train, valid, task_name = planned.body, planned.train, planned.valid, planned.task.name
@@ -50,6 +52,7 @@ def create_job(session: Session, settings: Settings, project: ProjectRef, body: 
         training_file=train.id,
         validation_file=valid.id if valid else None, suffix=body.suffix or None,
         seed=body.seed if body.seed is not None else random.randint(0, 2**31 - 1), metadata_=body.metadata,
+        integrations=integrations or None,
         method=method_object(planned.method, resolved), hyperparameters=resolved,
         column_mapping=mapping, training_plan=plan, status=states.QUEUED, attempt=0, created_at=now(),
         enqueued_at=now(),

@@ -140,6 +140,9 @@ def find_caller(session: Session, key: str) -> Caller | None:
 
 _remembered: TTLCache | None = None
 _remembered_lock = threading.Lock()  # TTLCache is not thread-safe; lookups run in a thread pool
+# Bumped by every forget(): a lookup that read the database before a revocation committed must not
+# remember its (now stale) answer after the revoking request has forgotten the key.
+_generation = 0
 
 
 def _cache() -> TTLCache | None:
@@ -165,19 +168,23 @@ def authenticate(key: str) -> Caller | None:
     caller = remembered(key)
     if caller is not None:
         return caller
+    with _remembered_lock:
+        generation = _generation
     with session_scope() as session:
         caller = find_caller(session, key)
     if caller is not None:
         with _remembered_lock:
             cache = _cache()
-            if cache is not None:
+            if cache is not None and generation == _generation:
                 cache[hash_key(key)] = caller
     return caller
 
 
 def forget(key_id: str | None = None) -> None:
     """Drop a revoked key (or, with no id, every key) from this process's memory."""
+    global _generation
     with _remembered_lock:
+        _generation += 1
         cache = _cache()
         if cache is None:
             return
