@@ -69,10 +69,7 @@ def list_files(limit: LimitOption = 20, purpose: str | None = None, url: UrlOpti
     """The project's files, newest first."""
     with connect(url, key) as api:
         files = list(api.pages("/v1/files", limit, purpose=purpose))
-    if json_out:
-        render.print_json(files)
-    else:
-        render.out.print(render.files_table(files))
+    render.emit(files, json_out, render.files_table(files))
 
 
 @files_cli.command("get")
@@ -90,7 +87,4 @@ def delete(file_id: str, url: UrlOption = DEFAULT_URL, key: KeyOption = None, js
     """Delete a file (refused while a job that has not ended uses it)."""
     with connect(url, key) as api:
         answer = api.delete(f"/v1/files/{path_part(file_id)}")
-    if json_out:
-        render.print_json(answer)
-    else:
-        render.out.print(f"Deleted {file_id}.")
+    render.emit(answer, json_out, f"Deleted {file_id}.")

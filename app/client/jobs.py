@@ -57,10 +57,7 @@ def job_body(model: str, training_file: str, validation_file: str | None, epochs
 
 
 def show_job(job: dict, json_out: bool) -> None:
-    if json_out:
-        render.print_json(job)
-    else:
-        render.out.print(render.job_details(job))
+    render.emit(job, json_out, render.job_details(job))
 
 
 @jobs_cli.command("create")
@@ -109,10 +106,7 @@ def list_jobs(limit: LimitOption = 20,
     """The project's jobs, newest first."""
     with connect(url, key) as api:
         jobs = list(api.pages("/v1/fine_tuning/jobs", limit, status=status))
-    if json_out:
-        render.print_json(jobs)
-    else:
-        render.out.print(render.jobs_table(jobs))
+    render.emit(jobs, json_out, render.jobs_table(jobs))
 
 
 @jobs_cli.command("get")

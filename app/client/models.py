@@ -28,10 +28,7 @@ def list_models(url: UrlOption = DEFAULT_URL, key: KeyOption = None, json_out: J
     """Base models on offer, then the project's fine-tuned models."""
     with connect(url, key) as api:
         models = api.get("/v1/models")
-    if json_out:
-        render.print_json(models)
-    else:
-        render.out.print(render.models_table(models["data"]))
+    render.emit(models, json_out, render.models_table(models["data"]))
 
 
 @models_cli.command("get")
@@ -40,10 +37,7 @@ def get(model_id: ModelId, url: UrlOption = DEFAULT_URL, key: KeyOption = None, 
     """One model."""
     with connect(url, key) as api:
         model = api.get(_path(model_id))
-    if json_out:
-        render.print_json(model)
-    else:
-        render.out.print(render.model_details(model))
+    render.emit(model, json_out, render.model_details(model))
 
 
 @models_cli.command("delete")
@@ -53,10 +47,7 @@ def delete(model_id: ModelId, url: UrlOption = DEFAULT_URL, key: KeyOption = Non
     """Delete a fine-tuned model and its job's checkpoints."""
     with connect(url, key) as api:
         answer = api.delete(_path(model_id))
-    if json_out:
-        render.print_json(answer)
-    else:
-        render.out.print(f"Deleted {model_id}.")
+    render.emit(answer, json_out, f"Deleted {model_id}.")
 
 
 def archive_name(model_id: str) -> str:

@@ -27,6 +27,15 @@ def print_json(value: Any, *, compact: bool = False) -> None:
     sys.stdout.flush()
 
 
+def emit(value: Any, json_out: bool, human: Any) -> None:
+    """Every command's answer: the API's JSON for scripts (--json), else ``human`` (a rich renderable or
+    text) for people."""
+    if json_out:
+        print_json(value)
+    else:
+        out.print(human)
+
+
 def error(message: str) -> None:
     err.print(Text.assemble(("error: ", "bold red"), message))
 
