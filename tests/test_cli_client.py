@@ -156,7 +156,7 @@ def test_jobs_create_sends_params_and_lora(trained):
     assert hyper["adapter"]["type"] == "lora" and hyper["adapter"]["r"] == 8
 
 
-def test_follow_survives_a_dropped_stream_and_exits_0_on_success(trained):
+def test_follow_survives_a_dropped_stream_and_exits_0_on_success(trained, embedded_stack):
     followed = trained["followed"]
     assert followed.returncode == 0, (followed.stdout[-3000:], followed.stderr[-3000:])
     # The stream was cut once, and the second request asked for what came after the last event seen.
@@ -167,8 +167,14 @@ def test_follow_survives_a_dropped_stream_and_exits_0_on_success(trained):
     assert "Connection lost" in followed.stderr and "Reconnected" in followed.stderr
     out = followed.stdout
     # Each event once, however the stream was cut and reopened.
+    # Two events may read alike (equal evaluations in the same second), so each printed line is counted
+    # against the events the API holds with that text, not required to be unique.
     events = [line for line in out.splitlines() if LOG_LINE.match(line)]
-    assert len(events) == len(set(events)) and sum("Training finished" in e for e in events) == 1, events
+    held = [time.strftime("%H:%M:%S", time.localtime(e["created_at"])) + " " + e["message"]
+            for e in embedded_stack.events(trained["job"]["id"])]
+    for line in set(events):
+        assert events.count(line) <= sum(h.startswith(line) for h in held), (line, events)
+    assert sum("Training finished" in e for e in events) == 1, events
     # The final frame: a full bar with step and throughput, the last loss and its sparkline, the evaluation.
     assert re.search(r"succeeded .*100% step (\d+)/\1 .*samples/s", out), out
     loss = re.search(r"loss (\d+\.\d+)\s+(\S+)\s+last \d+ of \d+ logged", out)
