@@ -20,6 +20,12 @@ os.environ.update({
 })
 for _var in ("FT_DATABASE_URL", "FT_BROKER_URL", "FT_STORAGE_DIR"):
     os.environ.pop(_var, None)
+# Under `-n 2` each test process drives its own worker and API processes, all running torch at once: with
+# torch's default of one thread per core in each, threads outnumber cores and OpenMP's spin-waits burn the
+# difference. A share of the cores per test process (inherited by the processes it starts) keeps them working.
+_TEST_PROCESSES = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _TEST_PROCESSES > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _TEST_PROCESSES)))
 
 import pytest  # noqa: E402
 

