@@ -13,11 +13,13 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 
 
-def start_service(root: Path, port: int, key: str, base_models_dir: Path | None = None) -> subprocess.Popen:
+def start_service(root: Path, port: int, key: str, base_models_dir: Path | None = None,
+                  repo: Path = REPO) -> subprocess.Popen:
+    """`finetune serve` from the checkout ``repo`` (another commit's worktree, for before/after runs)."""
     env = {**os.environ, "FT_DATA_DIR": str(root), "FT_API_PORT": str(port), "FT_BOOTSTRAP_API_KEY": key,
            "HF_HUB_OFFLINE": "1", **({"FT_BASE_MODELS_DIR": str(base_models_dir)} if base_models_dir else {})}
     log = open(root / "serve.log", "ab")
-    process = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=REPO, env=env, stdout=log,
+    process = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=repo, env=env, stdout=log,
                                stderr=subprocess.STDOUT, start_new_session=True)
     for _ in range(180):
         try:

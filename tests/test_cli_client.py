@@ -208,17 +208,29 @@ def test_pause_resume_ctrl_c_detaches_and_a_cancel_makes_follow_exit_2(trained, 
     assert ok(finetune("jobs", "resume", job["id"], env=env)).startswith(f"{job['id']}: queued")
 
     def follow() -> subprocess.Popen:
-        process = subprocess.Popen([sys.executable, "-m", "app.cli", "jobs", "follow", job["id"]], cwd=REPO, env=env,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # PYTHONFAULTHANDLER: if it hangs, SIGABRT makes it print where every thread is.
+        process = subprocess.Popen([sys.executable, "-m", "app.cli", "jobs", "follow", job["id"]], cwd=REPO,
+                                   env={**env, "PYTHONFAULTHANDLER": "1"}, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
         assert process.stdout.readline().startswith(f"Job {job['id']}")  # attached
         return process
 
-    # Ctrl-C detaches: exit 130, how to follow again, and the job goes on.
+    # Ctrl-C while following detaches: exit 130, how to follow again, and the job goes on. It is pressed
+    # once an event has been shown (the stream is being read), not at a fixed time after start.
     detached = follow()
     try:
-        time.sleep(1)
+        shown: list[str] = []
+        reader = threading.Thread(target=lambda: shown.append(detached.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout=120)
+        assert shown and shown[0].strip(), "no event was shown within 120 s of following"
         detached.send_signal(signal.SIGINT)
-        _, err = detached.communicate(timeout=60)
+        try:
+            _, err = detached.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            detached.send_signal(signal.SIGABRT)
+            out, err = detached.communicate(timeout=30)
+            raise AssertionError(f"Ctrl-C did not detach in 60 s; where it was:\n{err}\n{out[-2000:]}") from None
     finally:
         detached.kill()
     assert detached.returncode == 130 and f"finetune jobs follow {job['id']}" in err, err

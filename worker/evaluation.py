@@ -208,7 +208,8 @@ def _score(spec: EvaluationSpec, task, tokenizer, model, features, progress: _Pr
     import torch
     from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
-    from worker.trainer_setup import in_order_evaluation, trainer_class
+    from worker.sampling import service_sampling
+    from worker.trainer_setup import trainer_class
 
     on_gpu = torch.cuda.is_available()
     generating = task.evaluates_generations
@@ -223,7 +224,7 @@ def _score(spec: EvaluationSpec, task, tokenizer, model, features, progress: _Pr
         return task.metrics(predictions.predictions, predictions.label_ids, spec.plan, features=features,
                             tokenizer=tokenizer)
 
-    trainer = in_order_evaluation(trainer_class(task))(
+    trainer = service_sampling(trainer_class(task))(
         model=model, args=args, eval_dataset=features, processing_class=tokenizer,
         data_collator=task.collator(tokenizer, model, pad_to_multiple_of=8 if on_gpu else None),
         compute_metrics=compute_metrics if task.metrics_from_predictions else None,

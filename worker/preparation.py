@@ -74,8 +74,9 @@ def _prompt_too_long(exc: PromptTooLong, file_param: str) -> Exception:
 
 def prepare(task, tokenizer, tokenizer_path: str, column_mapping: dict[str, str], plan: dict[str, Any],
             max_length: int, seed: int, train_file: DataFile, valid_file: DataFile | None,
-            work_dir: Path, cache: TokenCache) -> Prepared:
+            work_dir: Path, cache: TokenCache, validation_split: float | None = None) -> Prepared:
     key = cache_key(task=task.name, plan=plan, column_mapping=column_mapping, max_length=max_length, seed=seed,
+                    validation_split=validation_split,
                     train=file_identity(train_file.path, train_file.sha256),
                     valid=file_identity(valid_file.path, valid_file.sha256) if valid_file else None,
                     tokenizer=tokenizer_identity(tokenizer_path))
@@ -86,7 +87,7 @@ def prepare(task, tokenizer, tokenizer_path: str, column_mapping: dict[str, str]
         if len(train_rows) == 0:
             raise EmptyTrainingFile()
         # Rows are held out before tokenizing, so that all windows of one row land on the same side.
-        held_out = holdout_rows(len(train_rows), valid_file is not None)
+        held_out = holdout_rows(len(train_rows), valid_file is not None, validation_split)
         if held_out:
             split = train_rows.train_test_split(test_size=held_out, seed=seed, shuffle=True)
             train_rows, eval_rows = split["train"], split["test"]

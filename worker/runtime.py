@@ -82,7 +82,8 @@ def runtime_choices(hyperparameters: dict[str, Any], task, training_flops: float
     out["tf32"] = bool(gpu and torch.cuda.get_device_capability()[0] >= 8)
     out["devices"] = int(hyperparameters.get("devices") or 1)
     out["optimizer"] = OPTIMIZER
-    out["group_by_length"] = True  # dynamic padding wastes little when a batch holds similar lengths
+    # Dynamic padding wastes little when a batch holds similar lengths (worker/sampling.py); a request may say no.
+    out["group_by_length"] = bool(hyperparameters.get("group_by_length", True))
     compile_choice = hyperparameters.get("torch_compile", "auto")
     if compile_choice in (None, "auto"):
         # On GPU compiled kernels fuse the many small element-wise ops of a transformer layer, worth it

@@ -13,6 +13,7 @@ from worker import runtime
 from worker.dpo import ProbeCollator, dpo_arguments, dpo_trainer_class, preference_collator
 from worker.callbacks import (CheckpointCallback, DerivedMetricsCallback, LastStepCallback, ProgressCallback,
                               Reporter)
+from worker.sampling import service_sampling
 
 
 @dataclass
@@ -63,7 +64,7 @@ def build_trainer(spec, attempt: Attempt):
         adapter = hyperparameters.get("adapter")
         # A new adapter is put on by TRL (peft_config); a continued one is on the model already.
         new_adapter = adapter and spec.init_adapter is None
-        trainer = dpo_trainer_class(in_order_evaluation(trainer_class(attempt.task, dpo=True)))(
+        trainer = dpo_trainer_class(service_sampling(trainer_class(attempt.task, dpo=True)))(
             model=model, peft_config=lora_config(adapter, attempt.task.peft_task_type) if new_adapter else None,
             **common)
         if new_adapter:
@@ -74,7 +75,7 @@ def build_trainer(spec, attempt: Attempt):
         return attempt.task.metrics(predictions.predictions, predictions.label_ids, spec.plan,
                                     features=attempt.data.eval, tokenizer=attempt.tokenizer)
 
-    trainer = in_order_evaluation(trainer_class(attempt.task))(
+    trainer = service_sampling(trainer_class(attempt.task))(
         model=model, compute_metrics=compute_metrics if attempt.task.metrics_from_predictions else None, **common)
     return trainer, progress
 
@@ -216,16 +217,3 @@ def trainer_class(task, dpo: bool = False):
 
         return DPOTrainer
     return Seq2SeqTrainer if task.evaluates_generations else Trainer
-
-
-def in_order_evaluation(base):
-    """The trainer class, evaluating rows in dataset order. transformers groups evaluation batches by
-    length too (a shuffled order) when training does; tasks that map predictions back to their rows
-    (QA windows → examples) need the order of the dataset they were given."""
-    from torch.utils.data import SequentialSampler
-
-    class InOrderEvaluation(base):
-        def _get_eval_sampler(self, eval_dataset):
-            return SequentialSampler(eval_dataset) if eval_dataset is not None else None
-
-    return InOrderEvaluation

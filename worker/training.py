@@ -147,7 +147,7 @@ def _prepared_data(spec: TrainingSpec, task, train_file: DataFile, valid_file: D
         with first:
             data = prepare(task, tokenizer, spec.base_model_path, spec.column_mapping, plan,
                            int(spec.hyperparameters["max_seq_length"]), spec.seed, train_file, valid_file, work_dir,
-                           cache)
+                           cache, spec.hyperparameters.get("validation_split"))
     except EmptyTrainingFile:
         raise TrainingError("empty_training_file", "The training file has no usable rows.") from None
     if data.held_out:

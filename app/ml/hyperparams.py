@@ -32,10 +32,16 @@ DPO_LEARNING_RATE_SCALE = {"full": 0.1, "adapter": 0.25}
 DPO_MAX_AUTO_EPOCHS = 3
 
 
-def holdout_rows(train_rows: int, has_validation_file: bool) -> int:
-    """Rows a job without a validation file keeps aside for evaluation: 5%, at most 500, none for
-    files too small to spare any. The worker and the API both use this, so estimates match."""
-    if has_validation_file or train_rows < 50:
+def holdout_rows(train_rows: int, has_validation_file: bool, validation_split: Any = None) -> int:
+    """Rows a job without a validation file keeps aside for evaluation. A given ``validation_split`` is
+    that fraction of the rows (0: none, every row trains). By default 5%, at most 500, none for files too
+    small to spare any. The worker and the API both use this, so estimates match."""
+    if has_validation_file:
+        return 0
+    if _given(validation_split):
+        split = float(validation_split)
+        return min(train_rows - 1, max(1, round(split * train_rows))) if split > 0 and train_rows > 1 else 0
+    if train_rows < 50:
         return 0
     return min(500, max(5, round(0.05 * train_rows)))
 
@@ -51,10 +57,12 @@ def resolve_hyperparameters(requested: dict[str, Any], train_rows: int, model_ma
     """Every hyperparameter of a job with a value: what the request gave, else a default chosen for this
     file, task, model and method. The runtime choices that depend on the worker's device (precision, batch
     split, compile) stay for the worker (worker/runtime.py), unless the request gave them."""
-    evaluates = has_validation_file or holdout_rows(train_rows, False) > 0
-    train_rows -= holdout_rows(train_rows, has_validation_file)
+    held_out = holdout_rows(train_rows, has_validation_file, requested.get("validation_split"))
+    evaluates = has_validation_file or held_out > 0
+    train_rows -= held_out
     dpo = method == "dpo"
-    resolved: dict[str, Any] = {"batch_size": _batch_size(requested, train_rows)}
+    # The rows kept aside are shown (and used by the worker) as a count, whatever the request said.
+    resolved: dict[str, Any] = {"holdout_rows": held_out, "batch_size": _batch_size(requested, train_rows)}
     resolved["n_epochs"] = _epochs(requested, train_rows, resolved["batch_size"], DPO_MAX_AUTO_EPOCHS if dpo else 10)
     multiplier = requested.get("learning_rate_multiplier")
     resolved["learning_rate_multiplier"] = float(multiplier) if _given(multiplier) else 1.0
@@ -70,6 +78,10 @@ def resolve_hyperparameters(requested: dict[str, Any], train_rows: int, model_ma
     for key in RUNTIME_KEYS:
         if _given(requested.get(key)):
             resolved[key] = requested[key]
+    if _given(requested.get("validation_split")):
+        resolved["validation_split"] = float(requested["validation_split"])
+    if requested.get("group_by_length") is not None:
+        resolved["group_by_length"] = bool(requested["group_by_length"])
     devices = requested.get("devices")
     resolved["devices"] = int(devices) if _given(devices) else 1
     cap = task.max_seq_length_cap if task is not None else MAX_SEQ_LENGTH_CAP

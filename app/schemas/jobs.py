@@ -60,6 +60,14 @@ class Hyperparameters(BaseModel):
                                                                         "/ assistant tokens only (default true).")
     packing: bool | None = Field(default=None, description="text-generation: lay a batch's examples end to end in "
                                                            "shared rows instead of padding each (default true).")
+    group_by_length: bool | None = Field(default=None, description="Batch rows of similar length together, in a "
+                                         "shuffled batch order (less padding, faster; default true). False: "
+                                         "every batch a random draw of rows.")
+    validation_split: float | Auto | None = Field(default=None, description="Without a validation "
+                                                  "file, the fraction of the training rows held out for "
+                                                  "evaluation (default auto: 5%, at most 500 rows, none under 50 "
+                                                  "rows; 0: every row trains and the job reports training loss "
+                                                  "only). The job shows the count as holdout_rows.")
     adapter: Adapter | None = None
 
 

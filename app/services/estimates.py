@@ -111,7 +111,7 @@ def measured_rates(session: Session, project_id: str) -> dict[str, float]:
 
 def estimate(session: Session, project, planned) -> dict[str, Any]:
     hyperparameters = planned.hyperparameters
-    train_rows = planned.train.rows - hyperparams.holdout_rows(planned.train.rows, planned.valid is not None)
+    train_rows = planned.train.rows - int(hyperparameters.get("holdout_rows") or 0)
     examples_per_row, row_tokens = tokens_per_row(planned)
     epochs = int(hyperparameters["n_epochs"])
     trained_tokens = int(row_tokens * train_rows * epochs)

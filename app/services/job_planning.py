@@ -116,7 +116,7 @@ RANGES = {"n_epochs": (1, 100), "batch_size": (1, 4096), "learning_rate_multipli
           "learning_rate": (1e-8, 1.0), "warmup_ratio": (0.0, 0.5), "weight_decay": (0.0, 1.0),
           "gradient_accumulation_steps": (1, 1024), "max_seq_length": (8, 32768), "per_device_batch_size": (1, 4096),
           "devices": (1, 64), "eval_every": (1, 10**7), "checkpoint_every": (1, 10**7),
-          "early_stopping_patience": (1, 1000), "beta": (1e-3, 10.0)}
+          "early_stopping_patience": (1, 1000), "beta": (1e-3, 10.0), "validation_split": (0.0, 0.5)}
 # The training methods jobs may ask for (OpenAI's method.type); "reinforcement" is not offered.
 METHODS = ("supervised", "dpo")
 
