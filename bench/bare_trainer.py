@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.baseline_cli import baseline_main
+from bench.bare_common import baseline_main
 
 
 def read_rows(path: Path, limit: int, text_column: str = "sentence", label_column: str = "label"):

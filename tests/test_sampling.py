@@ -9,6 +9,7 @@ import torch
 
 from app.ml import hyperparams
 from tests.conftest import EXAMPLES
+from tests.support.recorders import SAMPLERS
 from tests.test_training_core import Recorder, _spec
 from worker.sampling import shuffled_length_groups
 from worker.training import DataFile, train
@@ -43,16 +44,25 @@ def test_groups_pad_little_and_come_in_shuffled_order():
     assert sum(maxima[-25:]) / 25 > 0.5 * sum(maxima) / len(maxima)
 
 
-def test_a_short_last_batch_stays_last_so_batch_boundaries_fall_on_groups():
+def test_batches_are_runs_of_sorted_lengths_within_a_pool_and_a_short_one_comes_last():
     lengths, size = _lengths(1000, seed=3), 32  # 31 full batches and 8 rows
     order = shuffled_length_groups(lengths, size, torch.Generator().manual_seed(4))
     assert sorted(order) == list(range(1000))
-    # One pool (1,000 rows < 50 batches of 32): the full batches are consecutive runs of its sorted lengths,
-    # so no two overlap in length (ties aside).
-    spans = sorted(((min(lengths[i] for i in b), max(lengths[i] for i in b)) for b in _batches(order, size)[:-1]),
-                   key=lambda span: (span[1], span[0]), reverse=True)
-    assert all(shorter_max <= longer_min for (longer_min, _), (_, shorter_max) in zip(spans, spans[1:]))
-    assert len(_batches(order, size)[-1]) == 1000 % size
+    # The pools: the epoch's first permutation cut into 7 batches' worth (1,000 rows // (32 × 4 pools)),
+    # so that a row meets other rows each epoch; within a pool the full batches are consecutive runs of its
+    # sorted lengths, so no two of them overlap in length (ties aside).
+    shuffled = torch.randperm(1000, generator=torch.Generator().manual_seed(4)).tolist()
+    pool_of = {row: position // (7 * size) for position, row in enumerate(shuffled)}
+    batches = _batches(order, size)
+    spans: dict[int, list[tuple[int, int]]] = {}
+    for batch in batches[:-1]:
+        assert len({pool_of[i] for i in batch}) == 1
+        spans.setdefault(pool_of[batch[0]], []).append((min(lengths[i] for i in batch), max(lengths[i] for i in batch)))
+    assert len(spans) == 5
+    for runs in spans.values():
+        runs.sort(key=lambda span: (span[1], span[0]), reverse=True)
+        assert all(shorter_max <= longer_min for (longer_min, _), (_, shorter_max) in zip(runs, runs[1:]))
+    assert len(batches[-1]) == 1000 % size
 
 
 def test_the_same_generator_seed_gives_the_same_epoch():
@@ -73,6 +83,22 @@ def test_validation_split_is_the_request_s_fraction_or_none():
     assert resolved["holdout_rows"] == 0 and resolved["eval_every"] is None  # nothing to evaluate on
     assert resolved["group_by_length"] is False and resolved["validation_split"] == 0
     assert hyperparams.resolve_hyperparameters({}, 8000, 512, 60)["holdout_rows"] == 400
+
+
+def test_a_job_draws_its_batches_from_the_service_sampler(base_models_dir, tmp_path):
+    """transformers hands the sampler a copy of the rows without their "length" column: the job must still
+    use the shuffled groups (it once fell back to transformers' sorted ones unnoticed)."""
+    SAMPLERS.clear()
+    spec = _spec(base_models_dir, n_epochs=1)
+    spec.callbacks = ["tests.support.recorders:SamplerRecorder"]
+    data = DataFile(EXAMPLES / "sentiment.csv", "csv")
+    train(spec, data, None, tmp_path / "model", Recorder(), progress_interval_s=0)
+    assert SAMPLERS == ["ShuffledLengthGroupedSampler"]
+    SAMPLERS.clear()
+    spec = _spec(base_models_dir, n_epochs=1, group_by_length=False)
+    spec.callbacks = ["tests.support.recorders:SamplerRecorder"]
+    train(spec, data, None, tmp_path / "random", Recorder(), progress_interval_s=0)
+    assert SAMPLERS and SAMPLERS[0] != "ShuffledLengthGroupedSampler"
 
 
 def test_the_job_trains_on_every_row_with_random_batches_when_asked(base_models_dir, tmp_path):

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 from typing import Sequence
 
-# Rows are sorted by length within pools of this many batches (transformers' LengthGroupedSampler uses
-# the same 50): larger pools pad less, smaller ones mix lengths more.
+# Rows are sorted by length within pools of up to this many batches, and at least 4 pools per epoch (as
+# transformers' LengthGroupedSampler): larger pools pad less; several pools let a row meet other rows
+# in every epoch (with one pool, every epoch would cut the same sorted run into the same batches).
 POOL_BATCHES = 50
+MIN_POOLS = 4
 
 
-def shuffled_length_groups(lengths: Sequence[int], batch_size: int, generator=None,
-                           pool_batches: int = POOL_BATCHES) -> list[int]:
-    """Row indices for one epoch: rows shuffled, cut into pools of ``pool_batches`` batches, each pool
-    sorted by length and cut into batches, then the batches shuffled across the epoch.
+def shuffled_length_groups(lengths: Sequence[int], batch_size: int, generator=None) -> list[int]:
+    """Row indices for one epoch: rows shuffled, cut into pools of batches, each pool sorted by length and
+    cut into batches, then the batches shuffled across the epoch.
 
     transformers' grouping builds the same pools but keeps each pool's batches in length order, so every
     50 steps the model walks from the longest rows to the shortest, and an epoch ends on its shortest rows
@@ -26,7 +27,7 @@ def shuffled_length_groups(lengths: Sequence[int], batch_size: int, generator=No
     import torch
 
     order = torch.randperm(len(lengths), generator=generator).tolist()
-    pool = batch_size * pool_batches
+    pool = batch_size * max(1, min(POOL_BATCHES, len(lengths) // (batch_size * MIN_POOLS)))
     batches = []
     for start in range(0, len(order), pool):
         members = sorted(order[start:start + pool], key=lambda i: lengths[i], reverse=True)
@@ -57,12 +58,15 @@ def service_sampling(base):
 
     class ServiceSampling(base):
         def _get_train_sampler(self, train_dataset=None):
-            dataset = train_dataset if train_dataset is not None else self.train_dataset
-            if self.args.train_sampling_strategy != "group_by_length" \
-                    or "length" not in getattr(dataset, "column_names", ()):
+            # The Trainer asks with the dataset stripped of the columns the model does not take, "length"
+            # among them; the rows are the same, so the lengths come from the dataset as prepared.
+            prepared = self.train_dataset
+            asked = train_dataset if train_dataset is not None else prepared
+            if self.args.train_sampling_strategy != "group_by_length" or asked is None \
+                    or "length" not in getattr(prepared, "column_names", ()) or len(prepared) != len(asked):
                 return super()._get_train_sampler(train_dataset)
             # Grouped by optimiser step, as transformers groups: accumulated micro-batches share lengths.
-            return ShuffledLengthGroupedSampler(list(dataset["length"]),
+            return ShuffledLengthGroupedSampler(list(prepared["length"]),
                                                 self.args.train_batch_size * self.args.gradient_accumulation_steps)
 
         # transformers groups evaluation batches by length too (a shuffled order) when training does;
