@@ -208,10 +208,13 @@ def test_pause_resume_ctrl_c_detaches_and_a_cancel_makes_follow_exit_2(trained, 
     assert ok(finetune("jobs", "resume", job["id"], env=env)).startswith(f"{job['id']}: queued")
 
     def follow() -> subprocess.Popen:
-        # PYTHONFAULTHANDLER: if it hangs, SIGABRT makes it print where every thread is.
+        # Started with SIGINT ignored, as a parent that ignores it passes it on (this test runner did at
+        # times, and Ctrl-C then went unheard): `follow` must still detach. PYTHONFAULTHANDLER: if it
+        # hangs, SIGABRT makes it print where every thread is.
         process = subprocess.Popen([sys.executable, "-m", "app.cli", "jobs", "follow", job["id"]], cwd=REPO,
                                    env={**env, "PYTHONFAULTHANDLER": "1"}, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True)
+                                   stderr=subprocess.PIPE, text=True,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
         assert process.stdout.readline().startswith(f"Job {job['id']}")  # attached
         return process
 

@@ -5,6 +5,7 @@ is reopened with ``Last-Event-ID`` so nothing is missed or shown twice. Ctrl-C o
 from __future__ import annotations
 
 import json
+import signal
 import time
 from typing import Any
 
@@ -165,6 +166,10 @@ class Stream:
 
 def follow_job(api: Api, job_id: str, json_out: bool = False, reconnect_for: float = 300.0) -> int:
     """Follows the job to its end; returns the exit code (0 succeeded, 1 failed, 2 cancelled, 130 detached)."""
+    # Python only turns SIGINT into KeyboardInterrupt if the process did not inherit it ignored (a parent
+    # that ignores it passes that on: some shells' background jobs, supervisors, test runners). Detaching on
+    # Ctrl-C is this command's promise, so it asks for the signal itself.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     job = api.get(_job_path(job_id))
     if json_out:  # every event from the first, one JSON object per line
         return _follow_json(api, job, reconnect_for)
