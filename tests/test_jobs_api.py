@@ -121,6 +121,9 @@ def test_unknown_task_and_undetectable_task(client, sentiment):
     ({"learning_rate": 5}, "method.supervised.hyperparameters.learning_rate"),
     ({"n_epochs": "many"}, "method.supervised.hyperparameters.n_epochs"),
     ({"epochs": 3}, "method.supervised.hyperparameters.epochs"),
+    ({"validation_split": 0.9}, "method.supervised.hyperparameters.validation_split"),
+    ({"validation_split": -0.1}, "method.supervised.hyperparameters.validation_split"),
+    ({"group_by_length": "sometimes"}, "method.supervised.hyperparameters.group_by_length"),
 ])
 def test_bad_hyperparameters(client, sentiment, hyperparameters, param):
     _refused(client, {"model": "tiny/bert", "training_file": sentiment,
