@@ -123,15 +123,11 @@ def api_workers(settings, embedded: bool) -> int:
 @cli.command()
 def serve(host: str = typer.Option(None), port: int = typer.Option(None), worker: bool = True) -> None:
     """Embedded default: API and one worker, started and stopped together."""
-    import uvicorn
-
     settings = get_settings()
     _prepare()
     child = subprocess.Popen(_worker_command(1), preexec_fn=die_with_parent) if worker else None
     try:
-        uvicorn.run("app.main:create_app", factory=True, host=host or settings.api_host,
-                    port=port or settings.api_port, workers=api_workers(settings, embedded=True),
-                    timeout_keep_alive=KEEP_ALIVE_S, http=HTTP_PROTOCOL)
+        _run_api(settings, host, port, api_workers(settings, embedded=True))
     finally:
         if child and child.poll() is None:
             child.send_signal(signal.SIGTERM)  # warm shutdown: a running job's message goes back to the queue
@@ -146,13 +142,17 @@ def api(host: str = typer.Option(None), port: int = typer.Option(None),
         workers: int = typer.Option(None, min=1, max=64, help="API processes; default FT_API_WORKERS, else "
                                                                "min(cores, 4) on PostgreSQL, 1 on SQLite.")) -> None:
     """The API alone."""
-    import uvicorn
-
     settings = get_settings()
     _prepare()
+    _run_api(settings, host, port, workers or api_workers(settings, embedded=False))
+
+
+def _run_api(settings, host: str | None, port: int | None, workers: int) -> None:
+    import uvicorn
+
     uvicorn.run("app.main:create_app", factory=True, host=host or settings.api_host,
-                port=port or settings.api_port, workers=workers or api_workers(settings, embedded=False),
-                timeout_keep_alive=KEEP_ALIVE_S, http=HTTP_PROTOCOL)
+                port=port or settings.api_port, workers=workers, timeout_keep_alive=KEEP_ALIVE_S,
+                http=HTTP_PROTOCOL, access_log=settings.access_log)
 
 
 @cli.command()

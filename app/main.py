@@ -6,6 +6,7 @@ replica at once."""
 
 from __future__ import annotations
 
+import gc
 import logging
 from contextlib import asynccontextmanager
 
@@ -13,6 +14,7 @@ from fastapi import FastAPI
 
 from app.api import completions, evaluations, files, health, jobs, keys, models, webhooks
 from app.api.console import mount_console
+from app.api.deps import declare_bearer_scheme
 from app.api.gate import Gate
 from app.config import Settings, get_settings
 from app.api.errors import install_error_handlers
@@ -40,6 +42,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             thread.start()
         if settings.serve_mode == "all":  # one subscription to job events for all of this process's streams
             app.state.event_bus.start()
+        # What start-up built (modules, the app, its routes) lives as long as the process: out of the
+        # collector's sight, a full collection no longer walks it. Under load they came every ~1,500
+        # requests and paused the process about 100 ms each (p99), 60 µs a request on average.
+        gc.collect()
+        gc.freeze()
         yield
         app.state.event_bus.stop()
         app.state.batchers.close()
@@ -61,5 +68,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     if settings.serve_mode == "all":  # the console needs files and jobs, which serving replicas lack
         mount_console(app)
+    declare_bearer_scheme(app)
     logging.getLogger("app").setLevel(logging.INFO)
     return app

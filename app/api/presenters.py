@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from pydantic import BaseModel as Schema
-from starlette.concurrency import run_in_threadpool
+from anyio import CapacityLimiter, to_thread
 from starlette.responses import Response
 
 from app.db.models import ApiKey, Checkpoint, File, FineTunedModel, Job, JobEvent, WebhookEndpoint
@@ -27,8 +27,14 @@ async def answer(read_and_present: Callable[[], Schema]) -> Response:
     and the schema is encoded once. A plain sync route with a session costs four thread hops — opening
     the session, the route, validating the answer against its response model, closing the session — and
     validates again an answer just built from that very schema; the hops were most of a job GET's CPU."""
-    body = await run_in_threadpool(lambda: read_and_present().model_dump_json().encode())
+    body = await to_thread.run_sync(lambda: read_and_present().model_dump_json().encode(), limiter=_READERS)
     return Response(body, media_type="application/json")
+
+
+# Reads take a few hundred microseconds each: a few threads keep them all moving, where anyio's 40 (the
+# default for sync routes) spend the time handing the GIL around (16 job GETs at once, in-process: 1.16
+# ms each on 40 threads, 0.8-1.1 ms on 4-8). A slow read holds one of these, not the event loop.
+_READERS = CapacityLimiter(8)
 
 
 def file_object(record: File) -> FileObject:
