@@ -135,6 +135,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=["sst2", "conll2003"], choices=list(ROWS))
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=1, help="seeds run from this one (more seeds later)")
     parser.add_argument("--variants", nargs="+", default=["script", "service", "no-holdout", "random-batches"],
                         choices=["script", "before", *VARIANTS])
     parser.add_argument("--before", type=Path, default=None, help="a checkout of an earlier commit, for the "
@@ -168,7 +169,7 @@ def main() -> None:
                 arm_fn = conll_arm
             files: dict = {}
             # Seeds outermost: a slow spell of the machine hits every arm alike.
-            for seed in range(1, ns.seeds + 1):
+            for seed in range(ns.first_seed, ns.first_seed + ns.seeds):
                 for arm in ns.variants:
                     score, seconds = arm_fn(services, arm, seed, *data, files)
                     results.setdefault((name, arm), []).append((score, seconds))
