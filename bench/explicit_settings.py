@@ -38,7 +38,9 @@ from bench.service import MINILM_ID, minilm_folder, start_service
 
 SCRIPT_SETTINGS = {"n_epochs": 1, "batch_size": 32, "learning_rate": 5e-5}  # the script
 VARIANTS = {"service": {}, "no-holdout": {"validation_split": 0}, "random-batches": {"group_by_length": False},
-            "no-weight-decay": {"weight_decay": 0}, "no-warmup": {"warmup_ratio": 0}}
+            "no-weight-decay": {"weight_decay": 0}, "no-warmup": {"warmup_ratio": 0},
+            # Every difference a request can turn off at once: what is left is the pipeline itself.
+            "script-like": {"warmup_ratio": 0, "weight_decay": 0, "group_by_length": False}}
 ROWS = {"sst2": 8000, "conll2003": 4000}
 
 
