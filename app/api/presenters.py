@@ -22,6 +22,12 @@ from app.schemas.webhooks import WebhookEndpointObject, WebhookEndpointSummary
 from app.services.keys import KEY_PREFIX
 
 
+# Reads take a few hundred microseconds each: a few threads keep them all moving, where anyio's 40 (the
+# default for sync routes) spend the time handing the GIL around (16 job GETs at once, in-process: 1.16
+# ms each on 40 threads, 0.8-1.1 ms on 4-8). A slow read holds one of these, not the event loop.
+_READERS = CapacityLimiter(8)
+
+
 async def answer(read_and_present: Callable[[], Schema]) -> Response:
     """The JSON answer of a read route: the database read and its presentation run in one worker thread,
     and the schema is encoded once. A plain sync route with a session costs four thread hops — opening
@@ -29,12 +35,6 @@ async def answer(read_and_present: Callable[[], Schema]) -> Response:
     validates again an answer just built from that very schema; the hops were most of a job GET's CPU."""
     body = await to_thread.run_sync(lambda: read_and_present().model_dump_json().encode(), limiter=_READERS)
     return Response(body, media_type="application/json")
-
-
-# Reads take a few hundred microseconds each: a few threads keep them all moving, where anyio's 40 (the
-# default for sync routes) spend the time handing the GIL around (16 job GETs at once, in-process: 1.16
-# ms each on 40 threads, 0.8-1.1 ms on 4-8). A slow read holds one of these, not the event loop.
-_READERS = CapacityLimiter(8)
 
 
 def file_object(record: File) -> FileObject:

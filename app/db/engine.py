@@ -43,9 +43,9 @@ def read_engine_for(url: str) -> Engine:
     before a read, no ROLLBACK after) and are not pinged before each use: on PostgreSQL the ping and
     the transaction were three of a job GET's four round trips, and the ping alone a third of the read's
     CPU (584 → 393 µs). A read that meets a dropped connection runs again instead
-    (reads._on_a_read_connection). Eight connections:
-    the API reads on at most eight threads (app.api.presenters), and the event streams' own reads
-    share the overflow. SQLite's driver opens no transaction for a SELECT and pings nothing."""
+    (reads._on_a_read_connection). Eight connections: the API reads on at most eight threads
+    (app.api.presenters), and the event streams' own reads share the overflow. SQLite's driver opens
+    no transaction for a SELECT and pings nothing, so SQLite reads share the one engine."""
     if url.startswith("sqlite"):
         return engine_for(url)
     return create_engine(url, isolation_level="AUTOCOMMIT", pool_size=8, max_overflow=8)

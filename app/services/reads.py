@@ -58,16 +58,18 @@ def _on_a_read_connection(query: Callable[..., T]) -> Callable[..., T]:
     failover) shows as an error on its first use; SQLAlchemy then discards the whole pool, and the read,
     which changes nothing, runs once more on a new connection."""
 
+    def once(*args: Any) -> T:
+        with get_read_engine().connect() as conn:
+            return query(conn, *args)
+
     @wraps(query)
     def run(*args: Any) -> T:
-        for attempt in (1, 2):
-            try:
-                with get_read_engine().connect() as conn:
-                    return query(conn, *args)
-            except DBAPIError as exc:
-                if attempt == 2 or not exc.connection_invalidated:
-                    raise
-        raise AssertionError("unreachable")
+        try:
+            return once(*args)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+        return once(*args)
 
     return run
 
