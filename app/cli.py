@@ -150,9 +150,14 @@ def api(host: str = typer.Option(None), port: int = typer.Option(None),
 def _run_api(settings, host: str | None, port: int | None, workers: int) -> None:
     import uvicorn
 
-    uvicorn.run("app.main:create_app", factory=True, host=host or settings.api_host,
-                port=port or settings.api_port, workers=workers, timeout_keep_alive=KEEP_ALIVE_S,
-                http=HTTP_PROTOCOL, access_log=settings.access_log)
+    from app import api_processes
+
+    options = dict(factory=True, host=host or settings.api_host, port=port or settings.api_port, workers=workers,
+                   timeout_keep_alive=KEEP_ALIVE_S, http=HTTP_PROTOCOL, access_log=settings.access_log)
+    if workers > 1 and api_processes.spreads_connections():
+        api_processes.run(uvicorn.Config("app.main:create_app", **options))
+    else:
+        uvicorn.run("app.main:create_app", **options)
 
 
 @cli.command()
