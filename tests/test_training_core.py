@@ -74,6 +74,20 @@ def test_auto_hyperparameters():
     assert hyperparams.resolve_hyperparameters({}, 200, 512, 40, model_width=4096, adapter={"r": 8})["learning_rate"] == 2e-4
 
 
+def test_a_given_learning_rate_brings_its_own_recipe():
+    """The service's warm-up and weight decay go with its own learning rates; a script's rate trains as the
+    script does (no warm-up, no decay) unless the request gives them too (issue 16)."""
+    def shaping(requested):
+        resolved = hyperparams.resolve_hyperparameters(requested, 4000, 512, 60)
+        return resolved["warmup_ratio"], resolved["weight_decay"], resolved["lr_scheduler"]
+
+    assert shaping({}) == shaping({"learning_rate": "auto"}) == shaping({"learning_rate_multiplier": 2}) \
+        == (0.1, 0.01, "linear")
+    assert shaping({"learning_rate": 5e-5, "n_epochs": 1, "batch_size": 32}) == (0.0, 0.0, "linear")
+    assert shaping({"learning_rate": 5e-5, "warmup_ratio": 0.06, "weight_decay": 0.1, "lr_scheduler": "cosine"}) \
+        == (0.06, 0.1, "cosine")
+
+
 def test_out_of_memory_halves_the_batch_and_keeps_the_effective_batch(base_models_dir, tmp_path):
     reporter = Recorder()
     outcome = train(_spec(base_models_dir, batch_size=16, n_epochs=1), DataFile(EXAMPLES / "sentiment.csv", "csv"),
