@@ -127,11 +127,17 @@ def _ms(text: str) -> float:
 
 
 def load(url: str, key: str, seconds: float, connections: int, process: subprocess.Popen) -> dict:
-    """requests/s, p50 and p99 (ms) of GET ``url``, and the API's CPU time per request (ms)."""
-    cpu = api_cpu_seconds(process)
+    """requests/s, p50 and p99 (ms) of GET ``url``, the API's CPU time per request (ms), and the busiest
+    API process's share of that CPU (1/N when the processes share the load evenly)."""
+    before = _cpu_by_process(process)
     result = _wrk(url, key, seconds, connections) if shutil.which("wrk") else \
         asyncio.run(_python_load(url, key, seconds, connections))
-    result["cpu_ms_per_request"] = (api_cpu_seconds(process) - cpu) * 1000 / max(result.pop("requests"), 1)
+    after = _cpu_by_process(process)
+    spent = {pid: after[pid] - before.get(pid, 0.0) for pid in after}
+    total = sum(spent.values())
+    result["cpu_ms_per_request"] = total * 1000 / max(result.pop("requests"), 1)
+    workers = [cpu for pid, cpu in spent.items() if pid != process.pid] or [total]
+    result["busiest_share"] = max(workers) / total if total else 0.0
     return result
 
 
@@ -169,15 +175,19 @@ async def _python_load(url: str, key: str, seconds: float, connections: int) -> 
 
 def api_cpu_seconds(process: subprocess.Popen) -> float:
     """CPU time of `finetune serve` and its uvicorn workers."""
+    return sum(_cpu_by_process(process).values())
+
+
+def _cpu_by_process(process: subprocess.Popen) -> dict[int, float]:
     root = psutil.Process(process.pid)
-    total = 0.0
+    spent = {}
     for proc in [root, *root.children(recursive=True)]:
         try:
             times = proc.cpu_times()
-            total += times.user + times.system
+            spent[proc.pid] = times.user + times.system
         except psutil.NoSuchProcess:
             pass
-    return total
+    return spent
 
 
 class Follower:
@@ -279,10 +289,11 @@ def _no_database():
 
 def report(result: dict) -> str:
     lines = [f"{result['backend']} ({result['api_processes']} API process(es))",
-             f"  {'route':<12}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'API CPU ms/req':>16}"]
+             f"  {'route':<12}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'API CPU ms/req':>16}"
+             f"{'busiest process':>17}"]
     for name, r in result["routes"].items():
         lines.append(f"  {name:<12}{r['rps']:>9.0f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}{r['errors']:>9}"
-                     f"{r['cpu_ms_per_request']:>16.2f}  ({r['tool']})")
+                     f"{r['cpu_ms_per_request']:>16.2f}{r['busiest_share']:>16.0%}  ({r['tool']})")
     s = result["streams"]
     pg = "" if s["pg_transactions_per_s"] is None else \
         f", PostgreSQL {s['pg_transactions_per_s']:.1f} transactions/s"
