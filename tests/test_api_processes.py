@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import time
 
 import psutil
 import pytest
@@ -24,10 +25,23 @@ def _api_processes(stack: LiveStack) -> list[psutil.Process]:
             if "spawn_main" in " ".join(p.cmdline())]
 
 
+def _listening(stack: LiveStack, expected: int, timeout: float = 120) -> list[psutil.Process]:
+    """The API processes once ``expected`` of them listen: /readyz answers as soon as the first one
+    does, and until the others listen the kernel has only that one's socket to give connections to."""
+    deadline = time.monotonic() + timeout
+    while True:
+        processes = _api_processes(stack)
+        listening = [p for p in processes if any(c.status == psutil.CONN_LISTEN and c.laddr.port == stack.port
+                                                 for c in p.net_connections("tcp"))]
+        if len(listening) >= expected or time.monotonic() > deadline:
+            return listening
+        time.sleep(0.2)
+
+
 def test_connections_opened_together_spread_over_the_processes(tmp_path):
     stack = LiveStack(tmp_path, tmp_path / "models", embedded_worker=False, api_workers="2")
     with stack.running():
-        processes = _api_processes(stack)
+        processes = _listening(stack, 2)
         assert len(processes) == 2, stack.log()
         clients = [socket.create_connection(("127.0.0.1", stack.port)) for _ in range(CONNECTIONS)]
         try:
