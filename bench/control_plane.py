@@ -277,7 +277,8 @@ def measure(repo: Path, backend: str, args, base_models: Path) -> dict:
                    for name, path in routes.items()}
         children = psutil.Process(process.pid).children()
         workers = sum("spawn_main" in " ".join(child.cmdline()) for child in children) or 1  # uvicorn's workers
-        streams = asyncio.run(_followers(url, key, job_id, args.followers, args.hold, process, database))
+        streams = asyncio.run(_followers(url, key, job_id, args.followers, args.hold, process, database)) \
+            if args.followers else None
         shutil.rmtree(root, ignore_errors=True)
         return {"backend": backend, "api_processes": workers, "routes": results, "streams": streams}
 
@@ -295,21 +296,30 @@ def report(result: dict) -> str:
         lines.append(f"  {name:<12}{r['rps']:>9.0f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}{r['errors']:>9}"
                      f"{r['cpu_ms_per_request']:>16.2f}{r['busiest_share']:>16.0%}  ({r['tool']})")
     s = result["streams"]
+    if s is None:
+        lines.append("  followers: not measured (--followers 0)")
+    else:
+        lines.extend(_stream_lines(s))
+    if result["backend"] == "postgresql":
+        job = result["routes"]["job GET"]
+        met = job["rps"] >= GOAL_JOB_GETS_PER_S and job["p99_ms"] < GOAL_P99_MS
+        lines.append(f"  goal ≥ {GOAL_JOB_GETS_PER_S} job GETs/s with p99 < {GOAL_P99_MS} ms: "
+                     f"{'met' if met else 'NOT met'}")
+    return "\n".join(lines)
+
+
+def _stream_lines(s: dict) -> list[str]:
+    lines = []
     pg = "" if s["pg_transactions_per_s"] is None else \
         f", PostgreSQL {s['pg_transactions_per_s']:.1f} transactions/s"
     lines.append(f"  {s['followers']} idle followers: {s['idle_cpu_pct_of_a_core']:.1f} % of a core{pg}")
     lines.append(f"  job cancelled ({s['cancel_request_ms']:.0f} ms request): its event at {s['delivered']} followers "
                  f"p50 {s['delivery_p50_ms']:.0f} ms, max {s['delivery_max_ms']:.0f} ms after the answer "
                  f"(max {s['delivery_max_from_request_ms']:.0f} ms after the request was sent)")
-    if result["backend"] == "postgresql":
-        job = result["routes"]["job GET"]
-        met = job["rps"] >= GOAL_JOB_GETS_PER_S and job["p99_ms"] < GOAL_P99_MS
-        lines.append(f"  goal ≥ {GOAL_JOB_GETS_PER_S} job GETs/s with p99 < {GOAL_P99_MS} ms: "
-                     f"{'met' if met else 'NOT met'}")
     idle_met, delivery_met = s["idle_cpu_pct_of_a_core"] < GOAL_IDLE_CORE_PCT, s["delivery_max_ms"] < GOAL_DELIVERY_MS
     lines.append(f"  goal idle followers < {GOAL_IDLE_CORE_PCT:g} % of a core: {'met' if idle_met else 'NOT met'}; "
                  f"delivery < {GOAL_DELIVERY_MS} ms (max): {'met' if delivery_met else 'NOT met'}")
-    return "\n".join(lines)
+    return lines
 
 
 def main() -> None:
