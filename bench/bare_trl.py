@@ -7,7 +7,9 @@ them on a CPU.
 Rows are OpenAI preference pairs (``{"input": {"messages": […]}, "preferred_output": […],
 "non_preferred_output": […]}``). SFT learns the assistant turns only, as the service does by default;
 its score is the perplexity of the held-out preferred answers. DPO's is TRL's held-out reward accuracy.
-Timed: model load, tokenizing (building the trainer) and training; scoring is not.
+Timed: model load, tokenizing (building the trainer), training, the held-out score and saving the
+model: the same work as a service job's "Training finished in N s", which adds one thing of its own, the
+evaluation of the starting model (its "before"). ``train_seconds`` is the training loop alone.
 
     python -m bench.bare_trl --method sft --model <folder> --train $FT_DATASETS_DIR/hh_rlhf/train.jsonl \
         --train-rows 24 --eval-rows 16 --learning-rate 1.1547e-4 --epochs 3 --batch-size 24 --accumulation 3 \
@@ -118,8 +120,11 @@ def sft(model_path: str, train_rows: list[dict], eval_rows: list[dict], *, learn
         with clock.lap("train"):
             result = trainer.train()
         tokenizer.chat_template = own_template
-        perplexity = answer_perplexity(trainer.model, tokenizer, [preferred_conversation(p) for p in eval_rows],
-                                       max_length)
+        with clock.lap("evaluate"):
+            perplexity = answer_perplexity(trainer.model, tokenizer, [preferred_conversation(p) for p in eval_rows],
+                                           max_length)
+        with clock.lap("save"):
+            trainer.save_model(f"{out}/model")
     return {"perplexity": perplexity, "train_loss": result.training_loss, "steps": result.global_step,
             **clock.report()}
 
@@ -151,7 +156,10 @@ def dpo(model_path: str, train_rows: list[dict], eval_rows: list[dict], *, learn
                                  peft_config=_lora(lora))
         with clock.lap("train"):
             result = trainer.train()
-        metrics = trainer.evaluate()
+        with clock.lap("evaluate"):
+            metrics = trainer.evaluate()
+        with clock.lap("save"):
+            trainer.save_model(f"{out}/model")
     return {"reward_accuracy": metrics["eval_rewards/accuracies"], "reward_margin": metrics["eval_rewards/margins"],
             "eval_loss": metrics["eval_loss"], "train_loss": result.training_loss, "steps": result.global_step,
             **clock.report()}

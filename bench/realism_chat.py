@@ -86,7 +86,7 @@ def _run_job(stack: LiveStack, model_id: str, train: list, held_out: list, metho
 
 def _reported_seconds(stack: LiveStack, job_id: str) -> int:
     """The job's training time as the service reports it: "Training finished in Ns; …" (load, tokenize,
-    the evaluation before and after, train, save)."""
+    the evaluation before and after, train, save: the bare script's timed work, and the "before")."""
     for event in stack.events(job_id):
         found = re.match(r"Training finished in (\d+)s", event["message"])
         if found:
