@@ -33,7 +33,7 @@ def test_train_evaluate_and_serve_entities(pg_stack):
         valid = upload(c, "ner-valid.jsonl", ner_jsonl(40, seed=1)).json()
         job = c.post("/v1/fine_tuning/jobs", json={
             "model": "tiny/bert", "training_file": train["id"], "validation_file": valid["id"],
-            "hyperparameters": {"n_epochs": 8, "learning_rate": 3e-3, "batch_size": 16}}).json()
+            "seed": 1, "hyperparameters": {"n_epochs": 8, "learning_rate": 3e-3, "batch_size": 16}}).json()
         assert job["task"] == "token-classification", job
         done = pg_stack.wait_for_job(job["id"], timeout=300)
         assert done["status"] == "succeeded", (done, pg_stack.log())
